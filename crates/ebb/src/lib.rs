@@ -1,0 +1,8 @@
+//! ebb: data tiering and change tracking for Linux.
+//!
+//! Cold file content moves to a cheaper store and comes back the moment any
+//! program reads it, through fanotify pre-content events. Start with
+//! `DESIGN.md`; each module below is one idea of it.
+
+pub mod sys;
+pub mod testing;

@@ -1,0 +1,428 @@
+//! fanotify: groups, marks, the event reader (with info records) and
+//! permission responses. See fanotify(7), fanotify_init(2), fanotify_mark(2).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// `FAN_PRE_ACCESS` (Linux 6.14): raised before a read or write of a range of
+/// a file, with a range info record. Not yet in `libc`.
+pub const FAN_PRE_ACCESS: u64 = 0x0010_0000;
+/// `FAN_OPEN_PERM`: permission to open a file.
+pub const FAN_OPEN_PERM: u64 = libc::FAN_OPEN_PERM;
+/// `FAN_OPEN`: a file was opened (notification).
+pub const FAN_OPEN: u64 = libc::FAN_OPEN;
+/// `FAN_Q_OVERFLOW`: the group's event queue overflowed.
+pub const FAN_Q_OVERFLOW: u64 = libc::FAN_Q_OVERFLOW;
+/// `FAN_EVENT_INFO_TYPE_RANGE`: info record with the accessed byte range.
+const FAN_EVENT_INFO_TYPE_RANGE: u8 = 6;
+/// `FANOTIFY_METADATA_VERSION` this reader understands.
+const FANOTIFY_METADATA_VERSION: u8 = 3;
+/// `FAN_ERRNO_SHIFT`: where `FAN_DENY_ERRNO(err)` puts the errno.
+const FAN_ERRNO_SHIFT: u32 = 24;
+
+/// Size of `struct fanotify_event_metadata`.
+const METADATA_LEN: usize = 24;
+
+/// The class of a group, which decides which events it may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// `FAN_CLASS_NOTIF`: notifications only.
+    Notif,
+    /// `FAN_CLASS_CONTENT`: permission events, after the content is final.
+    Content,
+    /// `FAN_CLASS_PRE_CONTENT`: permission events before content is
+    /// accessed, including `FAN_PRE_ACCESS`.
+    PreContent,
+}
+
+/// What a group reports and how events' fds are opened.
+#[derive(Clone, Copy, Debug)]
+pub struct InitOptions {
+    pub class: Class,
+    /// `FAN_NONBLOCK`: `read` returns `WouldBlock` instead of waiting.
+    pub nonblock: bool,
+    /// `FAN_UNLIMITED_QUEUE`: never drop events. A permission event that
+    /// finds a full queue is *allowed* by the kernel, so every pre-content
+    /// group must set this.
+    pub unlimited_queue: bool,
+    /// `open(2)` flags for the fds the kernel opens for events.
+    pub event_open_flags: libc::c_int,
+}
+
+impl InitOptions {
+    /// The options of ebb's populate-on-access group: pre-content class,
+    /// unlimited queue and marks, event fds writable.
+    pub fn pre_content() -> Self {
+        InitOptions {
+            class: Class::PreContent,
+            nonblock: true,
+            unlimited_queue: true,
+            event_open_flags: libc::O_RDWR | libc::O_LARGEFILE,
+        }
+    }
+}
+
+/// The answer to a permission event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// `FAN_ALLOW`.
+    Allow,
+    /// `FAN_DENY`: the access fails with `EPERM`.
+    Deny,
+    /// `FAN_DENY_ERRNO(errno)` (Linux 6.14, pre-content groups): the access
+    /// fails with this errno. The kernel accepts `EIO`, `EPERM`, `EBUSY`,
+    /// `ETXTBSY`, `EAGAIN`, `ENOSPC` and `EDQUOT`.
+    DenyErrno(i32),
+}
+
+impl Response {
+    fn to_raw(self) -> u32 {
+        match self {
+            Response::Allow => libc::FAN_ALLOW,
+            Response::Deny => libc::FAN_DENY,
+            Response::DenyErrno(errno) => {
+                let errno = u32::try_from(errno).unwrap_or(0) & 0xff;
+                libc::FAN_DENY | (errno << FAN_ERRNO_SHIFT)
+            }
+        }
+    }
+}
+
+/// The number the kernel uses to match a permission response to its event:
+/// the event fd's number in the reading process. Answers are matched by this
+/// number only, by whichever process writes them to the group, so it is kept
+/// as plain data (it may be recorded, and answered after a restart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(pub i32);
+
+/// One event read from a group.
+#[derive(Debug)]
+pub struct Event {
+    /// The `FAN_*` bits of the event; unknown bits are kept.
+    pub mask: u64,
+    /// The file, opened by the kernel with the group's event flags and
+    /// `FMODE_NONOTIFY`: access through it raises no events. `None` for
+    /// `FAN_Q_OVERFLOW`.
+    pub file: Option<OwnedFd>,
+    /// The process (thread group) that caused the event.
+    pub pid: i32,
+    /// For `FAN_PRE_ACCESS`: the accessed range as (offset, count).
+    pub range: Option<(u64, u64)>,
+}
+
+impl Event {
+    /// The number to answer this event with, if it is a permission event.
+    pub fn id(&self) -> Option<EventId> {
+        self.file.as_ref().map(|f| EventId(f.as_raw_fd()))
+    }
+
+    /// Whether the event asks for a response.
+    pub fn is_permission(&self) -> bool {
+        self.mask
+            & (FAN_PRE_ACCESS | FAN_OPEN_PERM | libc::FAN_ACCESS_PERM | libc::FAN_OPEN_EXEC_PERM)
+            != 0
+    }
+}
+
+/// A fanotify group. Dropping it closes the group; the kernel then *allows*
+/// every permission event still pending on it.
+#[derive(Debug)]
+pub struct Group {
+    fd: OwnedFd,
+}
+
+impl AsFd for Group {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Group {
+    /// `fanotify_init(2)`.
+    #[doc(alias = "fanotify_init")]
+    pub fn new(opts: InitOptions) -> io::Result<Group> {
+        let mut flags = libc::FAN_CLOEXEC | libc::FAN_UNLIMITED_MARKS;
+        flags |= match opts.class {
+            Class::Notif => libc::FAN_CLASS_NOTIF,
+            Class::Content => libc::FAN_CLASS_CONTENT,
+            Class::PreContent => libc::FAN_CLASS_PRE_CONTENT,
+        };
+        if opts.nonblock {
+            flags |= libc::FAN_NONBLOCK;
+        }
+        if opts.unlimited_queue {
+            flags |= libc::FAN_UNLIMITED_QUEUE;
+        }
+        let event_flags = opts.event_open_flags | libc::O_CLOEXEC;
+        // SAFETY: plain syscall on integers; returns a new fd or -1.
+        let fd = unsafe { libc::fanotify_init(flags, event_flags as libc::c_uint) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+        Ok(Group {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Wrap a group fd received from elsewhere (a keeper, the fd store).
+    pub fn from_owned(fd: OwnedFd) -> Group {
+        Group { fd }
+    }
+
+    /// Give up the group fd (to hand it to a keeper).
+    pub fn into_owned(self) -> OwnedFd {
+        self.fd
+    }
+
+    fn mark_raw(
+        &self,
+        flags: libc::c_uint,
+        mask: u64,
+        dirfd: RawFd,
+        path: Option<&Path>,
+    ) -> io::Result<()> {
+        let cpath = path
+            .map(|p| CString::new(p.as_os_str().as_bytes()))
+            .transpose()
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let ptr = cpath.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+        // SAFETY: `ptr` is null or a NUL-terminated string that outlives the
+        // call; the fds are valid for the duration of the call.
+        let rc = unsafe { libc::fanotify_mark(self.fd.as_raw_fd(), flags, mask, dirfd, ptr) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Add `mask` on the whole filesystem that holds `path`
+    /// (`FAN_MARK_FILESYSTEM`).
+    pub fn mark_filesystem(&self, path: &Path, mask: u64) -> io::Result<()> {
+        self.mark_raw(
+            libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
+            mask,
+            libc::AT_FDCWD,
+            Some(path),
+        )
+    }
+
+    /// Remove `mask` from the filesystem mark on `path`'s filesystem.
+    pub fn unmark_filesystem(&self, path: &Path, mask: u64) -> io::Result<()> {
+        self.mark_raw(
+            libc::FAN_MARK_REMOVE | libc::FAN_MARK_FILESYSTEM,
+            mask,
+            libc::AT_FDCWD,
+            Some(path),
+        )
+    }
+
+    /// Add `mask` on the inode of `file`.
+    pub fn mark_inode(&self, file: BorrowedFd<'_>, mask: u64) -> io::Result<()> {
+        self.mark_raw(libc::FAN_MARK_ADD, mask, file.as_raw_fd(), None)
+    }
+
+    /// Ignore `mask` on the inode of `file` (`FAN_MARK_IGNORE`). An
+    /// `evictable` mark does not pin the inode: the kernel may drop it with
+    /// the inode, which costs one more event later, never a missed one. The
+    /// ignore mask is cleared when the file is modified through an fd that
+    /// notifies (no `FAN_MARK_IGNORED_SURV_MODIFY`).
+    pub fn add_ignore(&self, file: BorrowedFd<'_>, mask: u64, evictable: bool) -> io::Result<()> {
+        let mut flags = libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORE;
+        if evictable {
+            flags |= libc::FAN_MARK_EVICTABLE;
+        }
+        self.mark_raw(flags, mask, file.as_raw_fd(), None)
+    }
+
+    /// Remove an ignore mark added by [`Group::add_ignore`]. A file that has
+    /// none is not an error.
+    pub fn remove_ignore(&self, file: BorrowedFd<'_>, mask: u64) -> io::Result<()> {
+        match self.mark_raw(
+            libc::FAN_MARK_REMOVE | libc::FAN_MARK_IGNORE,
+            mask,
+            file.as_raw_fd(),
+            None,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Read the events that are ready into `buf` and parse them. Returns an
+    /// empty list when a non-blocking group has nothing (`EAGAIN`).
+    pub fn read_events(&self, buf: &mut EventBuffer) -> io::Result<Vec<Event>> {
+        let bytes = buf.bytes_mut();
+        // SAFETY: `bytes` is a valid writable buffer of `bytes.len()` bytes.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), bytes.as_mut_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                return Ok(Vec::new());
+            }
+            return Err(err);
+        }
+        let n = usize::try_from(n).unwrap_or(0);
+        parse_events(&bytes[..n])
+    }
+
+    /// Answer the permission event numbered `id` (`struct
+    /// fanotify_response`). Any holder of the group may answer any event.
+    pub fn respond(&self, id: EventId, response: Response) -> io::Result<()> {
+        let resp = libc::fanotify_response {
+            fd: id.0,
+            response: response.to_raw(),
+        };
+        let len = std::mem::size_of::<libc::fanotify_response>();
+        // SAFETY: writes `len` bytes from a live, initialised struct.
+        let n = unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                (&resp as *const libc::fanotify_response).cast(),
+                len,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// A read buffer for fanotify events, 8-byte aligned as the metadata needs.
+pub struct EventBuffer {
+    words: Vec<u64>,
+}
+
+impl EventBuffer {
+    /// A buffer of `bytes` bytes (rounded up to 8).
+    pub fn new(bytes: usize) -> EventBuffer {
+        EventBuffer {
+            words: vec![0u64; bytes.div_ceil(8).max(METADATA_LEN / 8)],
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        let len = self.words.len() * 8;
+        // SAFETY: a `[u64]` of n elements is 8n initialised bytes; u8 has no
+        // alignment or validity requirements, and the borrow is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), len) }
+    }
+}
+
+impl Default for EventBuffer {
+    fn default() -> Self {
+        EventBuffer::new(64 * 1024)
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_ne_bytes(a)
+}
+
+/// Parse a buffer filled by `read(2)` on a group. Every fd in it is taken
+/// into an `OwnedFd`, even when a later record is malformed, so none leaks.
+fn parse_events(mut b: &[u8]) -> io::Result<Vec<Event>> {
+    let mut events = Vec::new();
+    let mut bad = None;
+    while b.len() >= METADATA_LEN {
+        let event_len = u32_at(b, 0) as usize;
+        let vers = b[4];
+        let metadata_len = u16_at(b, 6) as usize;
+        if event_len < METADATA_LEN || event_len > b.len() || metadata_len < METADATA_LEN {
+            bad = Some("fanotify event length out of bounds");
+            break;
+        }
+        let mask = u64_at(b, 8);
+        let fd = u32_at(b, 16) as i32;
+        let pid = u32_at(b, 20) as i32;
+        let file = if fd >= 0 {
+            // SAFETY: the kernel installed this fd in our table for this
+            // event and nobody else owns it; we take it exactly once.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        } else {
+            None
+        };
+        if vers != FANOTIFY_METADATA_VERSION {
+            bad = Some("unknown fanotify metadata version");
+        }
+        let range = parse_range(&b[metadata_len.min(event_len)..event_len]);
+        events.push(Event {
+            mask,
+            file,
+            pid,
+            range,
+        });
+        b = &b[event_len..];
+    }
+    match bad {
+        Some(msg) if events.is_empty() => Err(io::Error::new(io::ErrorKind::InvalidData, msg)),
+        Some(msg) => {
+            tracing::error!("{msg}; the events before it are kept");
+            Ok(events)
+        }
+        None => Ok(events),
+    }
+}
+
+/// Find the range record (`struct fanotify_event_info_range`: header, u32
+/// pad, u64 offset, u64 count) among an event's info records.
+fn parse_range(mut info: &[u8]) -> Option<(u64, u64)> {
+    while info.len() >= 4 {
+        let kind = info[0];
+        let len = u16_at(info, 2) as usize;
+        if len < 4 || len > info.len() {
+            return None;
+        }
+        if kind == FAN_EVENT_INFO_TYPE_RANGE && len >= 24 {
+            return Some((u64_at(info, 8), u64_at(info, 16)));
+        }
+        info = &info[len..];
+    }
+    None
+}
+
+/// Open `file` again with `flags` as an fd that raises no fanotify events
+/// (`FMODE_NONOTIFY`), the kind the kernel gives fanotify listeners.
+///
+/// ebb writes released content through such fds, so its own writes neither
+/// wait on its own daemon nor look like user changes. The fd comes from a
+/// private notification group that watches `FAN_OPEN` on the inode while we
+/// open it once more through `/proc/self/fd`.
+pub fn reopen_nonotify(file: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let group = Group::new(InitOptions {
+        class: Class::Notif,
+        nonblock: false,
+        unlimited_queue: false,
+        event_open_flags: flags | libc::O_LARGEFILE,
+    })?;
+    group.mark_inode(file, FAN_OPEN)?;
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    drop(std::fs::File::open(proc_path)?);
+    let mut buf = EventBuffer::new(4096);
+    loop {
+        // Any FAN_OPEN event on this inode (ours or a concurrent opener's)
+        // carries an fd of the same file; take the first.
+        if let Some(fd) = group
+            .read_events(&mut buf)?
+            .into_iter()
+            .find_map(|e| e.file)
+        {
+            return Ok(fd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

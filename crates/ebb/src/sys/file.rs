@@ -1,0 +1,270 @@
+//! File operations ebb needs that `std` does not offer: punching holes,
+//! leases, extended attributes, times, the inode generation, `SIGIO`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`: free the blocks of
+/// a range; the file keeps its size and the range reads as zeros.
+#[doc(alias = "fallocate")]
+pub fn punch_hole(file: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let off = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let len = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain syscall on a valid fd and integers.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The kind of lease to take with [`set_lease`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// `F_RDLCK`.
+    Read,
+    /// `F_WRLCK`: granted only while no other fd of the file is open
+    /// anywhere; the proof that nobody else has the file open.
+    Write,
+    /// `F_UNLCK`: give the lease up.
+    Unlock,
+}
+
+/// `fcntl(F_SETLEASE)`. A write lease fails with `EAGAIN` while any other fd
+/// of the file is open. A holder is sent `SIGIO` when someone opens the file;
+/// call [`ignore_sigio`] first, as its default action kills the process.
+#[doc(alias = "F_SETLEASE")]
+pub fn set_lease(file: BorrowedFd<'_>, lease: Lease) -> io::Result<()> {
+    let arg = match lease {
+        Lease::Read => libc::F_RDLCK,
+        Lease::Write => libc::F_WRLCK,
+        Lease::Unlock => libc::F_UNLCK,
+    };
+    // SAFETY: plain fcntl on a valid fd with an integer argument.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, arg) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Ignore `SIGIO` in this process, so a lease break cannot kill it.
+pub fn ignore_sigio() -> io::Result<()> {
+    // SAFETY: installs SIG_IGN, which runs no code in the handler context.
+    let prev = unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
+    if prev == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn xattr_name(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// `fgetxattr(2)`. `Ok(None)` when the attribute does not exist.
+pub fn get_xattr(file: BorrowedFd<'_>, name: &str) -> io::Result<Option<Vec<u8>>> {
+    let cname = xattr_name(name)?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: `buf` is writable for `buf.len()` bytes; `cname` is NUL-terminated.
+        let n = unsafe {
+            libc::fgetxattr(
+                file.as_raw_fd(),
+                cname.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            buf.truncate(usize::try_from(n).unwrap_or(0));
+            return Ok(Some(buf));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENODATA) => return Ok(None),
+            Some(libc::ERANGE) if buf.len() < 65536 => buf.resize(buf.len() * 4, 0),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// `fsetxattr(2)`, creating or replacing the attribute.
+pub fn set_xattr(file: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
+    let cname = xattr_name(name)?;
+    // SAFETY: `value` is readable for its length; `cname` is NUL-terminated.
+    let rc = unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            cname.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fremovexattr(2)`. Removing an attribute that does not exist is not an
+/// error.
+pub fn remove_xattr(file: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let cname = xattr_name(name)?;
+    // SAFETY: `cname` is NUL-terminated; the fd is valid.
+    let rc = unsafe { libc::fremovexattr(file.as_raw_fd(), cname.as_ptr()) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENODATA) {
+            return Ok(());
+        }
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// A timestamp as the kernel keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Timestamp {
+    pub sec: i64,
+    pub nsec: i64,
+}
+
+/// `futimens(2)`: set access and modification times.
+pub fn set_times(file: BorrowedFd<'_>, atime: Timestamp, mtime: Timestamp) -> io::Result<()> {
+    let ts = [
+        libc::timespec {
+            tv_sec: atime.sec,
+            tv_nsec: atime.nsec,
+        },
+        libc::timespec {
+            tv_sec: mtime.sec,
+            tv_nsec: mtime.nsec,
+        },
+    ];
+    // SAFETY: `ts` is an array of two initialised timespecs.
+    let rc = unsafe { libc::futimens(file.as_raw_fd(), ts.as_ptr()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `FS_IOC_GETVERSION`: the inode's generation number, which tells a reused
+/// inode number from the file it once was. `Ok(0)` where the filesystem does
+/// not report one.
+#[doc(alias = "FS_IOC_GETVERSION")]
+pub fn inode_generation(file: BorrowedFd<'_>) -> io::Result<u64> {
+    const FS_IOC_GETVERSION: libc::c_ulong = 0x8008_7601;
+    let mut gen: libc::c_long = 0;
+    // SAFETY: the ioctl writes one `long` through the pointer we pass.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_GETVERSION as _, &mut gen) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) => Ok(0),
+            _ => Err(err),
+        };
+    }
+    Ok(gen as u64)
+}
+
+/// `lseek(SEEK_DATA)`: the first byte at or after `offset` that is data,
+/// `None` if only a hole follows.
+pub fn seek_data(file: BorrowedFd<'_>, offset: u64) -> io::Result<Option<u64>> {
+    seek(file, offset, libc::SEEK_DATA)
+}
+
+/// `lseek(SEEK_HOLE)`: the first byte at or after `offset` in a hole (the
+/// end of the file counts as one).
+pub fn seek_hole(file: BorrowedFd<'_>, offset: u64) -> io::Result<Option<u64>> {
+    seek(file, offset, libc::SEEK_HOLE)
+}
+
+fn seek(file: BorrowedFd<'_>, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    let off = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain syscall on a valid fd.
+    let rc = unsafe { libc::lseek64(file.as_raw_fd(), off, whence) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        return Err(err);
+    }
+    Ok(Some(rc as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn punch_hole_keeps_size_and_reads_zeros() {
+        let mut f = tempfile::tempfile().expect("tempfile");
+        f.write_all(&vec![7u8; 1 << 20]).expect("write");
+        punch_hole(f.as_fd(), 0, 1 << 20).expect("punch");
+        assert_eq!(f.metadata().expect("stat").len(), 1 << 20);
+        let data = std::fs::read(format!("/proc/self/fd/{}", f.as_raw_fd())).expect("read");
+        assert!(data.iter().all(|&b| b == 0));
+        assert_eq!(seek_data(f.as_fd(), 0).expect("seek"), None);
+    }
+
+    #[test]
+    fn xattr_roundtrip_and_missing() {
+        let f = tempfile::NamedTempFile::new_in("/var/tmp").expect("tempfile");
+        let fd = f.as_file().as_fd();
+        assert_eq!(get_xattr(fd, "user.ebb.test").expect("get"), None);
+        set_xattr(fd, "user.ebb.test", b"hello").expect("set");
+        assert_eq!(
+            get_xattr(fd, "user.ebb.test").expect("get").as_deref(),
+            Some(&b"hello"[..])
+        );
+        remove_xattr(fd, "user.ebb.test").expect("remove");
+        remove_xattr(fd, "user.ebb.test").expect("remove twice");
+        assert_eq!(get_xattr(fd, "user.ebb.test").expect("get"), None);
+    }
+
+    #[test]
+    fn write_lease_refused_while_another_fd_is_open() {
+        ignore_sigio().expect("sigio");
+        let f = tempfile::NamedTempFile::new_in("/var/tmp").expect("tempfile");
+        let own = std::fs::OpenOptions::new()
+            .read(true)
+            .open(f.path())
+            .expect("open");
+        drop(f.as_file().try_clone()); // no-op; the NamedTempFile's own fd is open
+        let err = set_lease(own.as_fd(), Lease::Write).expect_err("another fd is open");
+        assert_eq!(err.raw_os_error(), Some(libc::EAGAIN));
+        let path = f.path().to_path_buf();
+        let (_file, path) = f.keep().expect("keep");
+        drop(_file);
+        set_lease(own.as_fd(), Lease::Write).expect("only fd now");
+        set_lease(own.as_fd(), Lease::Unlock).expect("unlock");
+        std::fs::remove_file(path).expect("cleanup");
+    }
+
+    #[test]
+    fn times_are_set_to_the_nanosecond() {
+        let f = tempfile::tempfile().expect("tempfile");
+        let t = Timestamp {
+            sec: 1_600_000_000,
+            nsec: 123_456_789,
+        };
+        set_times(f.as_fd(), t, t).expect("futimens");
+        use std::os::unix::fs::MetadataExt;
+        let m = f.metadata().expect("stat");
+        assert_eq!((m.mtime(), m.mtime_nsec()), (t.sec, t.nsec));
+    }
+}

@@ -1,0 +1,132 @@
+//! Fixtures shared by ebb's unit and end-to-end tests: the privilege check
+//! and loop-mounted XFS/btrfs filesystems made (and removed) by the test.
+//!
+//! Not part of ebb's interface; public only so `tests/` can use it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Whether a missing privilege must fail the test (CI sets
+/// `EBB_REQUIRE_PRIVILEGED=1`) rather than skip it.
+pub fn privileged_required() -> bool {
+    std::env::var("EBB_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
+}
+
+/// `true` if the test may go on; otherwise it prints why it skips, or
+/// panics when privilege is required.
+pub fn have_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if privileged_required() {
+        panic!("{test}: needs root, and EBB_REQUIRE_PRIVILEGED=1 forbids skipping");
+    }
+    eprintln!("SKIP {test}: needs root");
+    false
+}
+
+/// Skip (or, under `EBB_REQUIRE_PRIVILEGED=1`, fail) a test that needs root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::testing::have_root(module_path!()) {
+            return;
+        }
+    };
+}
+
+/// Which filesystem a [`LoopFs`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsKind {
+    /// XFS with reflink.
+    Xfs,
+    /// btrfs.
+    Btrfs,
+}
+
+/// A filesystem image, loop-mounted on a fresh directory for the life of
+/// the value. Dropping it unmounts and deletes everything.
+pub struct LoopFs {
+    dir: tempfile::TempDir,
+    mountpoint: PathBuf,
+    mounted: bool,
+}
+
+impl LoopFs {
+    /// Make and mount a filesystem of `size_mib` MiB.
+    pub fn new(kind: FsKind, size_mib: u64) -> Result<LoopFs> {
+        let dir = tempfile::Builder::new()
+            .prefix("ebb-loopfs-")
+            .tempdir_in("/var/tmp")?;
+        let image = dir.path().join("image");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint)?;
+        let f = std::fs::File::create(&image)?;
+        f.set_len(size_mib << 20)?;
+        drop(f);
+        let mkfs = match kind {
+            FsKind::Xfs => run(Command::new("mkfs.xfs")
+                .args(["-q", "-f", "-m", "reflink=1"])
+                .arg(&image)),
+            FsKind::Btrfs => run(Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(&image)),
+        };
+        mkfs.with_context(|| {
+            format!("making a {kind:?} image (is xfsprogs/btrfs-progs installed?)")
+        })?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mountpoint))
+        .context("loop-mounting the test filesystem")?;
+        Ok(LoopFs {
+            dir,
+            mountpoint,
+            mounted: true,
+        })
+    }
+
+    /// An XFS of `size_mib` MiB.
+    pub fn xfs(size_mib: u64) -> Result<LoopFs> {
+        LoopFs::new(FsKind::Xfs, size_mib)
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Scratch space on another filesystem (for stores and the like).
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            // A straggler (a killed daemon's fd) may keep it busy for a
+            // moment; fall back to a lazy unmount rather than leak a mount.
+            for _ in 0..20 {
+                if run(Command::new("umount").arg(&self.mountpoint)).is_ok() {
+                    self.mounted = false;
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = run(Command::new("umount").arg("-l").arg(&self.mountpoint));
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
