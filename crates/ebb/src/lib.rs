@@ -4,5 +4,6 @@
 //! program reads it, through fanotify pre-content events. Start with
 //! `DESIGN.md`; each module below is one idea of it.
 
+pub mod store;
 pub mod sys;
 pub mod testing;

@@ -139,17 +139,12 @@ pub struct Timestamp {
     pub nsec: i64,
 }
 
-/// `futimens(2)`: set access and modification times.
-pub fn set_times(file: BorrowedFd<'_>, atime: Timestamp, mtime: Timestamp) -> io::Result<()> {
+/// `futimens(2)`: set the modification time, leaving the access time as it
+/// is (`UTIME_OMIT`).
+pub fn set_mtime(file: BorrowedFd<'_>, mtime: Timestamp) -> io::Result<()> {
     let ts = [
-        libc::timespec {
-            tv_sec: atime.sec,
-            tv_nsec: atime.nsec,
-        },
-        libc::timespec {
-            tv_sec: mtime.sec,
-            tv_nsec: mtime.nsec,
-        },
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec { tv_sec: mtime.sec, tv_nsec: mtime.nsec },
     ];
     // SAFETY: `ts` is an array of two initialised timespecs.
     let rc = unsafe { libc::futimens(file.as_raw_fd(), ts.as_ptr()) };
@@ -262,9 +257,11 @@ mod tests {
             sec: 1_600_000_000,
             nsec: 123_456_789,
         };
-        set_times(f.as_fd(), t, t).expect("futimens");
         use std::os::unix::fs::MetadataExt;
+        let atime = f.metadata().expect("stat").atime();
+        set_mtime(f.as_fd(), t).expect("futimens");
         let m = f.metadata().expect("stat");
         assert_eq!((m.mtime(), m.mtime_nsec()), (t.sec, t.nsec));
+        assert_eq!(m.atime(), atime, "atime untouched");
     }
 }

@@ -14,3 +14,4 @@
 pub mod fanotify;
 pub mod file;
 pub mod handle;
+pub mod socket;

@@ -1,0 +1,116 @@
+use super::*;
+
+fn identity(n: u8) -> Identity {
+    Identity {
+        handle: FileHandle {
+            handle_type: 1,
+            bytes: vec![n; 8],
+        },
+        ino: u64::from(n),
+        generation: 7,
+    }
+}
+
+fn stat(size: u64, t: i64) -> StatSnap {
+    StatSnap {
+        size,
+        mtime: Timestamp { sec: t, nsec: 1 },
+        ctime: Timestamp { sec: t, nsec: 2 },
+    }
+}
+
+fn manifest(n: usize) -> Vec<ChunkRef> {
+    (0..n)
+        .map(|i| ChunkRef {
+            offset: i as u64 * 100,
+            len: 100,
+            hash: ChunkHash([i as u8; 32]),
+        })
+        .collect()
+}
+
+#[test]
+fn archive_then_release_then_populate_derives_each_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+    let st = stat(300, 10);
+    let id = cat
+        .record_archive(&identity(1), Path::new("/t/a"), &st, "abc", &manifest(3))
+        .expect("archive");
+    let rec = cat.file_by_handle(&identity(1).handle).expect("q").expect("found");
+    assert_eq!(rec.id, id);
+    assert_eq!(rec.state(&st), State::Archived);
+    assert_eq!(rec.resident_bytes(), 300);
+    assert_eq!(rec.version.manifest.len(), 3);
+
+    let after = stat(300, 11);
+    cat.set_residency(id, &Residency::empty(3), &after).expect("release");
+    let rec = cat.file_by_id(id).expect("q").expect("found");
+    assert_eq!(rec.state(&after), State::Released);
+    assert!(!rec.is_modified(&after));
+    assert!(rec.is_modified(&stat(300, 12)), "a ctime ebb did not leave means a change");
+
+    let mut part = Residency::empty(3);
+    part.insert(1);
+    cat.set_residency(id, &part, &after).expect("populate");
+    let rec = cat.file_by_id(id).expect("q").expect("found");
+    assert_eq!(rec.state(&after), State::Partial);
+    assert_eq!(rec.resident.ranges(&rec.version.manifest), vec![(100, 200)]);
+
+    cat.mark_modified(id).expect("modified");
+    assert!(cat.file_by_id(id).expect("q").expect("found").is_modified(&after));
+}
+
+#[test]
+fn rearchive_replaces_the_version_and_clears_modified() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.db");
+    let mut cat = Catalog::open(&path).expect("open");
+    let id = cat
+        .record_archive(&identity(2), Path::new("/t/b"), &stat(300, 1), "h1", &manifest(3))
+        .expect("archive");
+    cat.mark_modified(id).expect("modified");
+    let id2 = cat
+        .record_archive(&identity(2), Path::new("/t/b2"), &stat(200, 2), "h2", &manifest(2))
+        .expect("rearchive");
+    assert_eq!(id, id2, "same file, same row");
+    drop(cat);
+    let cat = Catalog::open(&path).expect("reopen");
+    cat.check_integrity().expect("sound");
+    let rec = cat.file_by_id(id).expect("q").expect("found");
+    assert_eq!(rec.version.content_hash, "h2");
+    assert_eq!(rec.path, Path::new("/t/b2"));
+    assert!(!rec.modified);
+    assert_eq!(cat.count_files().expect("count"), 1);
+    let versions: i64 = cat
+        .conn
+        .query_row("SELECT count(*) FROM versions", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(versions, 1, "the old version is gone");
+}
+
+#[test]
+fn unknown_handle_is_none_and_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.db");
+    let cat = Catalog::open(&path).expect("open");
+    assert!(cat.file_by_handle(&identity(9).handle).expect("q").is_none());
+    cat.conn
+        .execute_batch("PRAGMA user_version = 99")
+        .expect("bump");
+    drop(cat);
+    let err = Catalog::open(&path).expect_err("newer schema");
+    assert!(format!("{err:#}").contains("upgrade ebb"), "{err:#}");
+}
+
+#[test]
+fn manifest_decoding_rejects_damage() {
+    let m = manifest(2);
+    let blob = encode_manifest(&m);
+    assert_eq!(decode_manifest(&blob).expect("decode"), m);
+    assert!(decode_manifest(&blob[..blob.len() - 1]).is_err());
+    assert!(decode_manifest(&[]).is_err());
+    let mut gap = blob.clone();
+    gap[1 + MANIFEST_ENTRY] = 99; // second chunk's offset no longer follows the first
+    assert!(decode_manifest(&gap).is_err());
+}

@@ -1,0 +1,109 @@
+//! Hierarchical storage management: moving file content into the store
+//! (archive), freeing it on disk (release), bringing it back (restore) and
+//! telling which is which (status). The populate-on-access service that
+//! makes released files readable lives in [`crate::daemon`].
+
+mod archive;
+mod exclusive;
+mod release;
+mod restore;
+mod status;
+
+pub use archive::{archive, ArchiveOutcome};
+pub use release::{release, ReleaseOutcome};
+pub use restore::{restore, RestoreOutcome};
+pub use status::{status, FileStatus};
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::catalog::Identity;
+use crate::sys::file::inode_generation;
+use crate::sys::handle::handle_of;
+use crate::tree::{resolve, Tree, STATE_DIR};
+
+/// Told how far long work has got, for progress bars.
+pub trait Progress: Sync {
+    /// `bytes` more bytes were processed.
+    fn advance(&self, bytes: u64);
+}
+
+/// A [`Progress`] that shows nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn advance(&self, _bytes: u64) {}
+}
+
+/// The identity of an open file, as the catalog keys it.
+pub fn identity_of(file: &File) -> Result<Identity> {
+    use std::os::unix::fs::MetadataExt;
+    let (handle, _mount) = handle_of(file.as_fd()).context("name_to_handle_at")?;
+    let meta = file.metadata()?;
+    Ok(Identity {
+        handle,
+        ino: meta.ino(),
+        generation: inode_generation(file.as_fd()).context("reading the inode generation")?,
+    })
+}
+
+/// Check that `path` names a regular file inside `tree` (not ebb's own
+/// state, not a symlink) and return it resolved.
+pub fn managed_path(tree: &Tree, path: &Path) -> Result<PathBuf> {
+    let abs = resolve(path)?;
+    tree.relative(&abs)?;
+    let meta = std::fs::symlink_metadata(&abs)
+        .with_context(|| format!("{}: no such file", path.display()))?;
+    if meta.file_type().is_symlink() {
+        bail!("{} is a symlink; give the file it points to", path.display());
+    }
+    if meta.is_dir() {
+        bail!("{} is a directory; use -r to work on the files in it", path.display());
+    }
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    Ok(abs)
+}
+
+/// Expand `paths` into the regular files they name, descending into
+/// directories when `recursive` (never into `.ebb`, never through
+/// symlinks). Errors on single paths are returned in place so a caller can
+/// report them and go on.
+pub fn expand_paths(paths: &[PathBuf], recursive: bool) -> Vec<Result<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() && recursive => walk(path, &mut out),
+            Ok(_) => out.push(Ok(path.clone())),
+            Err(e) => out.push(Err(anyhow::Error::new(e).context(format!("{}", path.display())))),
+        }
+    }
+    out
+}
+
+fn walk(dir: &Path, out: &mut Vec<Result<PathBuf>>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            out.push(Err(anyhow::Error::new(e).context(format!("reading {}", dir.display()))));
+            return;
+        }
+    };
+    let mut children: Vec<_> = entries.filter_map(|e| e.ok()).collect();
+    children.sort_by_key(|e| e.file_name());
+    for entry in children {
+        if entry.file_name() == STATE_DIR {
+            continue;
+        }
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => walk(&path, out),
+            Ok(t) if t.is_file() => out.push(Ok(path)),
+            _ => {}
+        }
+    }
+}

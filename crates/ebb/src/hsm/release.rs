@@ -1,0 +1,90 @@
+//! `ebb release`: free a file's blocks once its content is safe in the
+//! store. The file keeps its size, mode, owner and times; reads bring the
+//! content back through the daemon.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::exclusive::{Exclusive, ExclusiveError};
+use super::{identity_of, managed_path};
+use crate::catalog::{Catalog, Residency, StatSnap};
+use crate::daemon::control;
+use crate::store::Store;
+use crate::sys::file::{punch_hole, set_mtime};
+use crate::tree::Tree;
+
+/// What releasing one file did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReleaseOutcome {
+    /// `false` when nothing of it was resident.
+    pub released: bool,
+    pub size: u64,
+    /// Bytes freed on disk (the resident part of the archived version).
+    pub freed_bytes: u64,
+}
+
+/// Release the file at `path`.
+///
+/// Refused, with nothing changed, unless its archived copy is complete in
+/// the store and it has not changed since, and unless no other process has
+/// it open. The catalog says "released" before the first byte is punched,
+/// so a crash in between leaves a file the daemon fills again, never one it
+/// believes resident.
+pub fn release(tree: &Tree, catalog: &mut Catalog, store: &Store, path: &Path) -> Result<ReleaseOutcome> {
+    let path = managed_path(tree, path)?;
+    let held = Exclusive::acquire(&path).map_err(|e| match e {
+        ExclusiveError::Busy { .. } => anyhow::Error::new(e),
+        ExclusiveError::Other(e) => e.context(format!("preparing to release {}", path.display())),
+    })?;
+    let file = held.file();
+    let identity = identity_of(file)?;
+    let Some(rec) = catalog.file_by_handle(&identity.handle)? else {
+        bail!(
+            "{} is not archived; run `ebb archive` on it first (nothing changed)",
+            path.display()
+        );
+    };
+    let stat = StatSnap::of(&file.metadata()?);
+    if rec.is_modified(&stat) {
+        bail!(
+            "{} changed since it was archived; run `ebb archive` on it again before releasing (nothing changed)",
+            path.display()
+        );
+    }
+    if rec.resident.is_empty() {
+        return Ok(ReleaseOutcome {
+            released: false,
+            size: stat.size,
+            freed_bytes: 0,
+        });
+    }
+    for chunk in rec.version.manifest.iter() {
+        if !store.contains(&chunk.hash)? {
+            bail!(
+                "the archived copy of {} is incomplete: chunk {} is missing from {}; run `ebb archive` on it again (nothing changed)",
+                path.display(),
+                chunk.hash,
+                store.describe()
+            );
+        }
+    }
+    // A running daemon may carry an ignore mark on this file from when it
+    // was resident; it must go before the file becomes a stub.
+    control::forget(tree, file).context("telling the daemon the file is being released")?;
+
+    let empty = Residency::empty(rec.version.manifest.len());
+    catalog.set_residency(rec.id, &empty, &stat)?;
+    punch_hole(file.as_fd(), 0, stat.size)
+        .with_context(|| format!("punching out the content of {}", path.display()))?;
+    set_mtime(file.as_fd(), stat.mtime).context("restoring the mtime after punching")?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    catalog.set_residency(rec.id, &empty, &StatSnap::of(&file.metadata()?))?;
+    Ok(ReleaseOutcome {
+        released: true,
+        size: stat.size,
+        freed_bytes: rec.resident_bytes(),
+    })
+}

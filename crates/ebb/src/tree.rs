@@ -1,0 +1,257 @@
+//! A managed tree: the directory `ebb init` was run on, its state directory
+//! (`.ebb/`: configuration, catalog, daemon lock, socket and log) and the
+//! store it archives into.
+
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::catalog::Catalog;
+use crate::store::{LocalDir, Store};
+
+/// Name of the state directory inside a managed tree.
+pub const STATE_DIR: &str = ".ebb";
+/// The store used when `ebb init` is given none: outside every managed
+/// tree, shared by all of them (chunks are content-addressed).
+pub const DEFAULT_STORE: &str = "/var/lib/ebb/store";
+
+const CONFIG_FILE: &str = "config.json";
+const CONFIG_FORMAT: u32 = 1;
+
+/// `.ebb/config.json`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Config {
+    pub format: u32,
+    /// Random id of this tree, so a copy of `.ebb` is told apart.
+    pub id: String,
+    /// Directory of the local store.
+    pub store: PathBuf,
+}
+
+/// An initialised managed tree.
+#[derive(Clone, Debug)]
+pub struct Tree {
+    root: PathBuf,
+    config: Config,
+}
+
+impl Tree {
+    /// Make `root` a managed tree archiving into `store` (default
+    /// [`DEFAULT_STORE`]).
+    pub fn init(root: &Path, store: Option<&Path>) -> Result<Tree> {
+        let root = std::fs::canonicalize(root)
+            .with_context(|| format!("cannot manage {}: no such directory", root.display()))?;
+        if !root.is_dir() {
+            bail!("cannot manage {}: not a directory", root.display());
+        }
+        if let Ok(outer) = Tree::find(&root) {
+            bail!(
+                "{} is already managed (tree {}); nothing changed",
+                root.display(),
+                outer.root.display()
+            );
+        }
+        let store = store.map_or_else(|| PathBuf::from(DEFAULT_STORE), Path::to_path_buf);
+        let store = absolute(&store)?;
+        if store.starts_with(&root) {
+            bail!(
+                "the store {} is inside the managed tree {}; choose a store elsewhere with --store",
+                store.display(),
+                root.display()
+            );
+        }
+        LocalDir::create(&store)?;
+        let state = root.join(STATE_DIR);
+        std::fs::create_dir_all(&state)
+            .with_context(|| format!("creating {}", state.display()))?;
+        let config = Config {
+            format: CONFIG_FORMAT,
+            id: hex::encode(rand::random::<[u8; 8]>()),
+            store: std::fs::canonicalize(&store)?,
+        };
+        write_atomically(
+            &state.join(CONFIG_FILE),
+            &serde_json::to_vec_pretty(&config)?,
+        )?;
+        let tree = Tree { root, config };
+        tree.catalog()?;
+        Ok(tree)
+    }
+
+    /// The managed tree that holds `path` (which need not exist itself, but
+    /// its parent must).
+    pub fn find(path: &Path) -> Result<Tree> {
+        let abs = resolve(path)?;
+        for dir in abs.ancestors() {
+            let config = dir.join(STATE_DIR).join(CONFIG_FILE);
+            if config.exists() {
+                return Tree::load(dir, &config);
+            }
+        }
+        bail!(
+            "{} is not under a managed tree; run `ebb init DIR` on a directory above it first",
+            path.display()
+        )
+    }
+
+    /// The tree rooted exactly at `root`.
+    pub fn open(root: &Path) -> Result<Tree> {
+        let tree = Tree::find(root)?;
+        let root = resolve(root)?;
+        if tree.root != root {
+            bail!(
+                "{} is inside the managed tree {}, not its root; give the root",
+                root.display(),
+                tree.root.display()
+            );
+        }
+        Ok(tree)
+    }
+
+    fn load(root: &Path, config_path: &Path) -> Result<Tree> {
+        let text = std::fs::read(config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?;
+        let config: Config = serde_json::from_slice(&text).with_context(|| {
+            format!("{} is damaged; re-create it with `ebb init`", config_path.display())
+        })?;
+        if config.format != CONFIG_FORMAT {
+            bail!(
+                "{} has format {}, this ebb understands {CONFIG_FORMAT}",
+                config_path.display(),
+                config.format
+            );
+        }
+        Ok(Tree {
+            root: root.to_path_buf(),
+            config,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(STATE_DIR)
+    }
+
+    pub fn catalog_path(&self) -> PathBuf {
+        self.state_dir().join("catalog.db")
+    }
+
+    /// The daemon's lock file; it holds the daemon's pid.
+    pub fn lock_path(&self) -> PathBuf {
+        self.state_dir().join("daemon.pid")
+    }
+
+    /// The daemon's control socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir().join("daemon.sock")
+    }
+
+    /// The log of a daemon started with `--background`.
+    pub fn log_path(&self) -> PathBuf {
+        self.state_dir().join("daemon.log")
+    }
+
+    pub fn catalog(&self) -> Result<Catalog> {
+        Catalog::open(&self.catalog_path())
+    }
+
+    pub fn store(&self) -> Result<Store> {
+        let backend = LocalDir::open(&self.config.store)?;
+        Ok(Store::new(std::sync::Arc::new(backend)))
+    }
+
+    /// `path` (absolute, resolved) relative to the root, or an error naming
+    /// the tree if it is outside or is ebb's own state.
+    pub fn relative<'a>(&self, path: &'a Path) -> Result<&'a Path> {
+        let rel = path.strip_prefix(&self.root).map_err(|_| {
+            anyhow::anyhow!(
+                "{} is outside the managed tree {}",
+                path.display(),
+                self.root.display()
+            )
+        })?;
+        if rel.starts_with(STATE_DIR) {
+            bail!("{} is ebb's own state, not a managed file", path.display());
+        }
+        Ok(rel)
+    }
+}
+
+/// `path` made absolute with its parent directory resolved (symlinks
+/// followed), the last component kept as given.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    let abs = absolute(path)?;
+    if let Ok(canon) = std::fs::canonicalize(&abs) {
+        return Ok(canon);
+    }
+    let parent = abs.parent().unwrap_or(Path::new("/"));
+    let parent = std::fs::canonicalize(parent)
+        .with_context(|| format!("{}: no such file or directory", path.display()))?;
+    Ok(match abs.file_name() {
+        Some(name) => parent.join(name),
+        None => parent,
+    })
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    // Drop `.` components so the comparisons above are purely textual.
+    Ok(abs.components().filter(|c| *c != Component::CurDir).collect())
+}
+
+/// Write `bytes` to `path` so that a crash leaves the old file or the new,
+/// never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_find_and_refusals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        let store = dir.path().join("store");
+        std::fs::create_dir(&root).expect("mkdir");
+        std::fs::create_dir(root.join("sub")).expect("mkdir");
+        let tree = Tree::init(&root, Some(&store)).expect("init");
+        assert!(tree.catalog_path().exists());
+        let found = Tree::find(&root.join("sub/not-yet")).expect("find");
+        assert_eq!(found.root(), tree.root());
+        assert_eq!(found.config().id, tree.config().id);
+        assert!(Tree::open(&root.join("sub")).is_err(), "not the root");
+
+        let again = Tree::init(&root.join("sub"), Some(&store)).expect_err("nested");
+        assert!(format!("{again:#}").contains("already managed"));
+        let inside = tempfile::tempdir().expect("tempdir");
+        let err = Tree::init(inside.path(), Some(&inside.path().join("s"))).expect_err("store inside");
+        assert!(format!("{err:#}").contains("inside the managed tree"));
+
+        let outside = Tree::find(dir.path()).expect_err("outside");
+        assert!(format!("{outside:#}").contains("ebb init"));
+        let err = tree.relative(&tree.root().join(".ebb/catalog.db")).expect_err("own state");
+        assert!(format!("{err:#}").contains("own state"));
+    }
+}
