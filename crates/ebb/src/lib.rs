@@ -4,6 +4,11 @@
 //! program reads it, through fanotify pre-content events. Start with
 //! `DESIGN.md`; each module below is one idea of it.
 
+pub mod catalog;
+pub mod cli;
+pub mod daemon;
+pub mod hsm;
 pub mod store;
 pub mod sys;
 pub mod testing;
+pub mod tree;

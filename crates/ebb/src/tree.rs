@@ -62,8 +62,7 @@ impl Tree {
         }
         LocalDir::create(&store)?;
         let state = root.join(STATE_DIR);
-        std::fs::create_dir_all(&state)
-            .with_context(|| format!("creating {}", state.display()))?;
+        std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
         let config = Config {
             format: CONFIG_FORMAT,
             id: hex::encode(rand::random::<[u8; 8]>()),
@@ -112,7 +111,10 @@ impl Tree {
         let text = std::fs::read(config_path)
             .with_context(|| format!("reading {}", config_path.display()))?;
         let config: Config = serde_json::from_slice(&text).with_context(|| {
-            format!("{} is damaged; re-create it with `ebb init`", config_path.display())
+            format!(
+                "{} is damaged; re-create it with `ebb init`",
+                config_path.display()
+            )
         })?;
         if config.format != CONFIG_FORMAT {
             bail!(
@@ -207,7 +209,10 @@ fn absolute(path: &Path) -> Result<PathBuf> {
         std::env::current_dir()?.join(path)
     };
     // Drop `.` components so the comparisons above are purely textual.
-    Ok(abs.components().filter(|c| *c != Component::CurDir).collect())
+    Ok(abs
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect())
 }
 
 /// Write `bytes` to `path` so that a crash leaves the old file or the new,
@@ -246,12 +251,15 @@ mod tests {
         let again = Tree::init(&root.join("sub"), Some(&store)).expect_err("nested");
         assert!(format!("{again:#}").contains("already managed"));
         let inside = tempfile::tempdir().expect("tempdir");
-        let err = Tree::init(inside.path(), Some(&inside.path().join("s"))).expect_err("store inside");
+        let err =
+            Tree::init(inside.path(), Some(&inside.path().join("s"))).expect_err("store inside");
         assert!(format!("{err:#}").contains("inside the managed tree"));
 
         let outside = Tree::find(dir.path()).expect_err("outside");
         assert!(format!("{outside:#}").contains("ebb init"));
-        let err = tree.relative(&tree.root().join(".ebb/catalog.db")).expect_err("own state");
+        let err = tree
+            .relative(&tree.root().join(".ebb/catalog.db"))
+            .expect_err("own state");
         assert!(format!("{err:#}").contains("own state"));
     }
 }

@@ -205,7 +205,10 @@ impl Catalog {
         // last commits, and every one of them is a step that is redone.
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            bail!("the catalog {} cannot use WAL mode (got {mode})", path.display());
+            bail!(
+                "the catalog {} cannot use WAL mode (got {mode})",
+                path.display()
+            );
         }
         conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")?;
         let cat = Catalog {
@@ -218,7 +221,9 @@ impl Catalog {
     }
 
     fn migrate(&self) -> Result<()> {
-        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             bail!(
                 "the catalog has schema {version}, newer than this ebb understands ({SCHEMA_VERSION}); upgrade ebb"
@@ -285,8 +290,20 @@ impl Catalog {
                 ))
             })
             .optional()?;
-        let Some((id, handle, ino, gen, path, resident, modified, expected, vid, vstat, hash, manifest)) =
-            row
+        let Some((
+            id,
+            handle,
+            ino,
+            gen,
+            path,
+            resident,
+            modified,
+            expected,
+            vid,
+            vstat,
+            hash,
+            manifest,
+        )) = row
         else {
             return Ok(None);
         };
@@ -391,7 +408,12 @@ impl Catalog {
 
     /// Record which chunks are on disk now and the attributes ebb left the
     /// file with.
-    pub fn set_residency(&mut self, id: FileId, resident: &Residency, stat: &StatSnap) -> Result<()> {
+    pub fn set_residency(
+        &mut self,
+        id: FileId,
+        resident: &Residency,
+        stat: &StatSnap,
+    ) -> Result<()> {
         let n = self.conn.execute(
             "UPDATE files SET resident = ?2, size = ?3, mtime_sec = ?4, mtime_nsec = ?5,
                               ctime_sec = ?6, ctime_nsec = ?7
@@ -481,7 +503,10 @@ fn decode_manifest(blob: &[u8]) -> Result<Vec<ChunkRef>> {
         bail!("unknown manifest format {format}");
     }
     if body.len() % MANIFEST_ENTRY != 0 {
-        bail!("manifest length {} is not a whole number of entries", body.len());
+        bail!(
+            "manifest length {} is not a whole number of entries",
+            body.len()
+        );
     }
     let mut expect_offset = 0u64;
     body.chunks_exact(MANIFEST_ENTRY)

@@ -37,18 +37,25 @@ fn archive_then_release_then_populate_derives_each_state() {
     let id = cat
         .record_archive(&identity(1), Path::new("/t/a"), &st, "abc", &manifest(3))
         .expect("archive");
-    let rec = cat.file_by_handle(&identity(1).handle).expect("q").expect("found");
+    let rec = cat
+        .file_by_handle(&identity(1).handle)
+        .expect("q")
+        .expect("found");
     assert_eq!(rec.id, id);
     assert_eq!(rec.state(&st), State::Archived);
     assert_eq!(rec.resident_bytes(), 300);
     assert_eq!(rec.version.manifest.len(), 3);
 
     let after = stat(300, 11);
-    cat.set_residency(id, &Residency::empty(3), &after).expect("release");
+    cat.set_residency(id, &Residency::empty(3), &after)
+        .expect("release");
     let rec = cat.file_by_id(id).expect("q").expect("found");
     assert_eq!(rec.state(&after), State::Released);
     assert!(!rec.is_modified(&after));
-    assert!(rec.is_modified(&stat(300, 12)), "a ctime ebb did not leave means a change");
+    assert!(
+        rec.is_modified(&stat(300, 12)),
+        "a ctime ebb did not leave means a change"
+    );
 
     let mut part = Residency::empty(3);
     part.insert(1);
@@ -58,7 +65,11 @@ fn archive_then_release_then_populate_derives_each_state() {
     assert_eq!(rec.resident.ranges(&rec.version.manifest), vec![(100, 200)]);
 
     cat.mark_modified(id).expect("modified");
-    assert!(cat.file_by_id(id).expect("q").expect("found").is_modified(&after));
+    assert!(cat
+        .file_by_id(id)
+        .expect("q")
+        .expect("found")
+        .is_modified(&after));
 }
 
 #[test]
@@ -67,11 +78,23 @@ fn rearchive_replaces_the_version_and_clears_modified() {
     let path = dir.path().join("c.db");
     let mut cat = Catalog::open(&path).expect("open");
     let id = cat
-        .record_archive(&identity(2), Path::new("/t/b"), &stat(300, 1), "h1", &manifest(3))
+        .record_archive(
+            &identity(2),
+            Path::new("/t/b"),
+            &stat(300, 1),
+            "h1",
+            &manifest(3),
+        )
         .expect("archive");
     cat.mark_modified(id).expect("modified");
     let id2 = cat
-        .record_archive(&identity(2), Path::new("/t/b2"), &stat(200, 2), "h2", &manifest(2))
+        .record_archive(
+            &identity(2),
+            Path::new("/t/b2"),
+            &stat(200, 2),
+            "h2",
+            &manifest(2),
+        )
         .expect("rearchive");
     assert_eq!(id, id2, "same file, same row");
     drop(cat);
@@ -94,7 +117,10 @@ fn unknown_handle_is_none_and_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.db");
     let cat = Catalog::open(&path).expect("open");
-    assert!(cat.file_by_handle(&identity(9).handle).expect("q").is_none());
+    assert!(cat
+        .file_by_handle(&identity(9).handle)
+        .expect("q")
+        .is_none());
     cat.conn
         .execute_batch("PRAGMA user_version = 99")
         .expect("bump");

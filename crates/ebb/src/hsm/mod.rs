@@ -11,7 +11,7 @@ mod status;
 
 pub use archive::{archive, ArchiveOutcome};
 pub use release::{release, ReleaseOutcome};
-pub use restore::{restore, RestoreOutcome};
+pub use restore::{restore, write_chunk, RestoreOutcome};
 pub use status::{status, FileStatus};
 
 use std::fs::File;
@@ -58,10 +58,16 @@ pub fn managed_path(tree: &Tree, path: &Path) -> Result<PathBuf> {
     let meta = std::fs::symlink_metadata(&abs)
         .with_context(|| format!("{}: no such file", path.display()))?;
     if meta.file_type().is_symlink() {
-        bail!("{} is a symlink; give the file it points to", path.display());
+        bail!(
+            "{} is a symlink; give the file it points to",
+            path.display()
+        );
     }
     if meta.is_dir() {
-        bail!("{} is a directory; use -r to work on the files in it", path.display());
+        bail!(
+            "{} is a directory; use -r to work on the files in it",
+            path.display()
+        );
     }
     if !meta.is_file() {
         bail!("{} is not a regular file", path.display());
@@ -79,7 +85,9 @@ pub fn expand_paths(paths: &[PathBuf], recursive: bool) -> Vec<Result<PathBuf>> 
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() && recursive => walk(path, &mut out),
             Ok(_) => out.push(Ok(path.clone())),
-            Err(e) => out.push(Err(anyhow::Error::new(e).context(format!("{}", path.display())))),
+            Err(e) => out.push(Err(
+                anyhow::Error::new(e).context(format!("{}", path.display()))
+            )),
         }
     }
     out
@@ -89,7 +97,9 @@ fn walk(dir: &Path, out: &mut Vec<Result<PathBuf>>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            out.push(Err(anyhow::Error::new(e).context(format!("reading {}", dir.display()))));
+            out.push(Err(
+                anyhow::Error::new(e).context(format!("reading {}", dir.display()))
+            ));
             return;
         }
     };

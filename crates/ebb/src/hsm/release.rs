@@ -32,7 +32,12 @@ pub struct ReleaseOutcome {
 /// it open. The catalog says "released" before the first byte is punched,
 /// so a crash in between leaves a file the daemon fills again, never one it
 /// believes resident.
-pub fn release(tree: &Tree, catalog: &mut Catalog, store: &Store, path: &Path) -> Result<ReleaseOutcome> {
+pub fn release(
+    tree: &Tree,
+    catalog: &mut Catalog,
+    store: &Store,
+    path: &Path,
+) -> Result<ReleaseOutcome> {
     let path = managed_path(tree, path)?;
     let held = Exclusive::acquire(&path).map_err(|e| match e {
         ExclusiveError::Busy { .. } => anyhow::Error::new(e),

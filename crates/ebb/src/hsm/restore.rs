@@ -95,7 +95,11 @@ fn missing_bytes(rec: &FileRecord) -> u64 {
 
 /// Read one byte of every missing chunk, a few at a time, so the daemon
 /// fills them.
-fn touch_missing_chunks(file: &std::fs::File, rec: &FileRecord, progress: &dyn Progress) -> Result<()> {
+fn touch_missing_chunks(
+    file: &std::fs::File,
+    rec: &FileRecord,
+    progress: &dyn Progress,
+) -> Result<()> {
     let missing: Vec<usize> = rec.resident.missing_in(0..rec.resident.len()).collect();
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -115,15 +119,21 @@ fn touch_missing_chunks(file: &std::fs::File, rec: &FileRecord, progress: &dyn P
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().unwrap_or_else(|_| bail!("a restore thread panicked")))
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| bail!("a restore thread panicked"))
+        })
     })
 }
 
 /// Fill the missing chunks with no daemon running, holding the file so no
 /// other process can see or change it half-filled.
-fn fill_exclusively(catalog: &mut Catalog, store: &Store, path: &Path, progress: &dyn Progress) -> Result<()> {
+fn fill_exclusively(
+    catalog: &mut Catalog,
+    store: &Store,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<()> {
     let held = Exclusive::acquire(path).map_err(|e| match e {
         ExclusiveError::Busy { .. } => anyhow::anyhow!(
             "{e}; or start `ebb daemon` for the tree, which restores files that are in use"
@@ -157,7 +167,12 @@ fn fill_exclusively(catalog: &mut Catalog, store: &Store, path: &Path, progress:
 /// been truncated since it was archived), and not at all where they are
 /// zeros: the released range already reads as zeros, and leaving it a hole
 /// keeps a sparse file sparse.
-pub fn write_chunk(file: &std::fs::File, offset: u64, data: &[u8], size: u64) -> std::io::Result<()> {
+pub fn write_chunk(
+    file: &std::fs::File,
+    offset: u64,
+    data: &[u8],
+    size: u64,
+) -> std::io::Result<()> {
     let room = usize::try_from(size.saturating_sub(offset)).unwrap_or(usize::MAX);
     let data = &data[..data.len().min(room)];
     if data.iter().all(|&b| b == 0) {

@@ -143,8 +143,14 @@ pub struct Timestamp {
 /// is (`UTIME_OMIT`).
 pub fn set_mtime(file: BorrowedFd<'_>, mtime: Timestamp) -> io::Result<()> {
     let ts = [
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        libc::timespec { tv_sec: mtime.sec, tv_nsec: mtime.nsec },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: mtime.sec,
+            tv_nsec: mtime.nsec,
+        },
     ];
     // SAFETY: `ts` is an array of two initialised timespecs.
     let rc = unsafe { libc::futimens(file.as_raw_fd(), ts.as_ptr()) };
@@ -199,6 +205,14 @@ fn seek(file: BorrowedFd<'_>, offset: u64, whence: libc::c_int) -> io::Result<Op
     Ok(Some(rc as u64))
 }
 
+/// Point stdout at `/dev/null` (a background daemon's parent stops
+/// reading it once the daemon is ready).
+pub fn stdout_to_devnull() -> io::Result<()> {
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    nix::unistd::dup2(null.as_raw_fd(), libc::STDOUT_FILENO)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,12 +253,11 @@ mod tests {
             .read(true)
             .open(f.path())
             .expect("open");
-        drop(f.as_file().try_clone()); // no-op; the NamedTempFile's own fd is open
+        // The NamedTempFile's own fd is open too.
         let err = set_lease(own.as_fd(), Lease::Write).expect_err("another fd is open");
         assert_eq!(err.raw_os_error(), Some(libc::EAGAIN));
-        let path = f.path().to_path_buf();
-        let (_file, path) = f.keep().expect("keep");
-        drop(_file);
+        let (other, path) = f.keep().expect("keep");
+        drop(other);
         set_lease(own.as_fd(), Lease::Write).expect("only fd now");
         set_lease(own.as_fd(), Lease::Unlock).expect("unlock");
         std::fs::remove_file(path).expect("cleanup");

@@ -54,13 +54,19 @@ pub fn recv_with_fd(sock: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Opt
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
             // SAFETY: the kernel installed these fds in our table for this
             // message; nobody else has them, and each is taken once.
-            received.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            received.extend(
+                fds.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
         }
     }
     let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
     let n = msg.bytes;
     if truncated {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "too many fds in one message"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "too many fds in one message",
+        ));
     }
     Ok((n, received.into_iter().next()))
 }

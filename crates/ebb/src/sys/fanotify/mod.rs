@@ -98,6 +98,13 @@ impl Response {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventId(pub i32);
 
+impl EventId {
+    /// The id of the event that came with `fd`.
+    pub fn of(fd: &impl AsFd) -> EventId {
+        EventId(fd.as_fd().as_raw_fd())
+    }
+}
+
 /// One event read from a group.
 #[derive(Debug)]
 pub struct Event {
@@ -163,9 +170,8 @@ impl Group {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-        Ok(Group {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Group { fd })
     }
 
     /// Wrap a group fd received from elsewhere (a keeper, the fd store).
@@ -225,17 +231,31 @@ impl Group {
         self.mark_raw(libc::FAN_MARK_ADD, mask, file.as_raw_fd(), None)
     }
 
-    /// Ignore `mask` on the inode of `file` (`FAN_MARK_IGNORE`). An
-    /// `evictable` mark does not pin the inode: the kernel may drop it with
-    /// the inode, which costs one more event later, never a missed one. The
-    /// ignore mask is cleared when the file is modified through an fd that
-    /// notifies (no `FAN_MARK_IGNORED_SURV_MODIFY`).
+    /// Ignore `mask` on the inode of `file` (`FAN_MARK_IGNORE`), also after
+    /// the file is written (`FAN_MARK_IGNORED_SURV_MODIFY`). An `evictable`
+    /// mark does not pin the inode: the kernel may drop it with the inode,
+    /// which costs one more event later, never a missed one.
     pub fn add_ignore(&self, file: BorrowedFd<'_>, mask: u64, evictable: bool) -> io::Result<()> {
-        let mut flags = libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORE;
+        let mut flags =
+            libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORE | libc::FAN_MARK_IGNORED_SURV_MODIFY;
         if evictable {
             flags |= libc::FAN_MARK_EVICTABLE;
         }
         self.mark_raw(flags, mask, file.as_raw_fd(), None)
+    }
+
+    /// [`Group::add_ignore`] on the file at `path` (not following a final
+    /// symlink), without opening it. Opening and closing a file drops every
+    /// POSIX lock this process holds on it, SQLite's among them.
+    pub fn add_ignore_path(&self, path: &Path, mask: u64, evictable: bool) -> io::Result<()> {
+        let mut flags = libc::FAN_MARK_ADD
+            | libc::FAN_MARK_IGNORE
+            | libc::FAN_MARK_IGNORED_SURV_MODIFY
+            | libc::FAN_MARK_DONT_FOLLOW;
+        if evictable {
+            flags |= libc::FAN_MARK_EVICTABLE;
+        }
+        self.mark_raw(flags, mask, libc::AT_FDCWD, Some(path))
     }
 
     /// Remove an ignore mark added by [`Group::add_ignore`]. A file that has

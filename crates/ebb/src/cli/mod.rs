@@ -1,0 +1,272 @@
+//! The `ebb` command line: parsing, progress bars, human and JSON output.
+//! Nothing here decides anything; it calls into the library and reports.
+
+mod bench;
+mod files;
+
+use std::io::{BufRead, BufReader, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, ExitCode, Stdio};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::daemon::{self, control};
+use crate::tree::Tree;
+
+const ABOUT: &str = "Data tiering and change tracking for Linux";
+
+const LONG_ABOUT: &str = "\
+ebb moves cold file content into a store and brings it back the moment any
+program reads it. A released file keeps its name, size, mode, owner and
+times; its first read (read, mmap or exec) blocks in the kernel until the
+daemon has written the bytes back from the store.
+
+Typical use, as root:
+  ebb init /data                 manage the tree /data
+  ebb archive -r /data/images    copy content into the store
+  ebb release -r /data/images    free the blocks on disk
+  ebb daemon /data --background  serve reads of released files
+  ebb status -r /data            where each file's content is
+
+Released files read as zeros while no daemon serves their tree: start the
+daemon before programs use them.";
+
+#[derive(Parser, Debug)]
+#[command(name = "ebb", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start managing a directory tree.
+    ///
+    /// Creates DIR/.ebb (configuration, catalog, daemon lock and log) and
+    /// the store, if it does not exist yet.
+    Init {
+        /// Root of the tree to manage.
+        dir: PathBuf,
+        /// Directory of the local store (created if missing; must be
+        /// outside the tree). Several trees may share one.
+        #[arg(long, value_name = "DIR", default_value = crate::tree::DEFAULT_STORE)]
+        store: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy file content into the store (chunked, hashed, compressed,
+    /// verified).
+    ///
+    /// A file that changes while it is read is not recorded. Archiving a
+    /// file whose content is already archived does nothing.
+    Archive(FileArgs),
+    /// Free the blocks of archived files; they keep size, mode, owner and
+    /// times.
+    ///
+    /// Refused for a file that is not archived, has changed since it was
+    /// archived, or is open in any process (busy).
+    Release(FileArgs),
+    /// Bring the content of released or partial files back on disk.
+    Restore(FileArgs),
+    /// Show where each file's content is: resident, archived, released or
+    /// partial.
+    ///
+    /// With --json, one object per line: path, state, size, resident_bytes,
+    /// managed, modified (and resident_ranges for partial files).
+    Status(FileArgs),
+    /// Serve populate-on-access for a managed tree.
+    ///
+    /// Runs in the foreground until SIGTERM or SIGINT, logging to stderr
+    /// (EBB_LOG sets the level, e.g. EBB_LOG=debug). With --background it
+    /// returns once the daemon serves, logging to ROOT/.ebb/daemon.log.
+    Daemon {
+        /// Root of the managed tree.
+        root: PathBuf,
+        /// Detach, and return once the filesystem mark is in place.
+        #[arg(long)]
+        background: bool,
+        /// Threads that fetch and write chunks.
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        workers: usize,
+        /// Print the result as JSON (with --background).
+        #[arg(long)]
+        json: bool,
+        /// Internal: the child of --background reports readiness on stdout.
+        #[arg(long, hide = true)]
+        notify_ready: bool,
+    },
+    /// Measure ebb against a baseline taken in the same run.
+    #[command(subcommand)]
+    Bench(bench::Bench),
+}
+
+/// The arguments shared by commands that work on files.
+#[derive(Args, Debug)]
+struct FileArgs {
+    /// Files, or directories with -r.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Descend into directories (never into .ebb, never through symlinks).
+    #[arg(short, long)]
+    recursive: bool,
+    /// One JSON object per file on stdout, no progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run the command line; the `ebb` binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Daemon { .. }));
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("ebb: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(daemon && std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Init { dir, store, json } => init(&dir, &store, json),
+        Command::Archive(a) => files::run(files::Op::Archive, &a.paths, a.recursive, a.json),
+        Command::Release(a) => files::run(files::Op::Release, &a.paths, a.recursive, a.json),
+        Command::Restore(a) => files::run(files::Op::Restore, &a.paths, a.recursive, a.json),
+        Command::Status(a) => files::run(files::Op::Status, &a.paths, a.recursive, a.json),
+        Command::Daemon {
+            root,
+            background,
+            workers,
+            json,
+            notify_ready,
+        } => {
+            let tree = Tree::open(&root)?;
+            if background {
+                start_background(&tree, workers, json)
+            } else {
+                serve(&tree, workers, notify_ready)
+            }
+        }
+        Command::Bench(b) => bench::run(b),
+    }
+}
+
+fn init(dir: &Path, store: &Path, json: bool) -> Result<ExitCode> {
+    let tree = Tree::init(dir, Some(store))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "root": tree.root(),
+                "store": tree.config().store,
+                "state_dir": tree.state_dir(),
+            })
+        );
+    } else {
+        println!(
+            "managing {} (store {})",
+            tree.root().display(),
+            tree.config().store.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(tree: &Tree, workers: usize, notify_ready: bool) -> Result<ExitCode> {
+    let opts = daemon::Options {
+        workers,
+        on_ready: notify_ready.then_some(daemon::announce_ready_on_stdout as fn()),
+    };
+    if notify_ready {
+        // Leave the caller's session, so its terminal's signals are not ours.
+        let _ = nix::unistd::setsid();
+    }
+    match daemon::run(tree, &opts) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if notify_ready => {
+            // The parent is still reading stdout: tell it why.
+            println!("error: {e:#}");
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Start `ebb daemon ROOT` detached and wait until it serves (or fails).
+fn start_background(tree: &Tree, workers: usize, json: bool) -> Result<ExitCode> {
+    if let Some(pid) = control::daemon_pid(tree)? {
+        bail!(
+            "an ebb daemon is already serving {} (pid {pid}); stop it first (kill {pid})",
+            tree.root().display()
+        );
+    }
+    let log_path = tree.log_path();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening the log {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("finding the ebb executable")?;
+    let mut child = Process::new(exe)
+        .arg("daemon")
+        .arg(tree.root())
+        .arg("--workers")
+        .arg(workers.to_string())
+        .arg("--notify-ready")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .context("starting the daemon")?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        BufReader::new(out).read_line(&mut line)?;
+    }
+    if let Some(pid) = line.trim().strip_prefix("ready ") {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"pid": pid.parse::<u32>().unwrap_or(0), "root": tree.root(), "log": log_path})
+            );
+        } else {
+            println!(
+                "ebb daemon serving {} (pid {pid}, log {})",
+                tree.root().display(),
+                log_path.display()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = child.wait()?;
+    match line.trim().strip_prefix("error: ") {
+        Some(why) => bail!("{why}"),
+        None => bail!(
+            "the daemon exited ({status}) before it was ready; see {}",
+            log_path.display()
+        ),
+    }
+}

@@ -1,0 +1,207 @@
+//! The daemon's control socket (`.ebb/daemon.sock`) and the lock that
+//! says whether a daemon serves a tree (`.ebb/daemon.pid`, held with
+//! `flock` for the daemon's whole life, so a crashed daemon never looks
+//! alive).
+//!
+//! Protocol: one request per connection, a JSON line from the client
+//! (`{"op":"forget"}` with the file's fd attached by `SCM_RIGHTS`, or
+//! `{"op":"stats"}`), answered by one JSON line (`{"ok":true,…}` or
+//! `{"ok":false,"error":"…"}`).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::sys::socket::{recv_with_fd, send_with_fd};
+use crate::tree::Tree;
+
+/// How long a client waits for the daemon's answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 4096;
+
+/// A request to the daemon.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    /// The attached file is about to become a stub: drop any ignore mark on
+    /// it and anything cached about it.
+    Forget,
+    /// Counters, for tests and benchmarks.
+    Stats,
+}
+
+/// The pid of the daemon serving `tree`, if one is.
+pub fn daemon_pid(tree: &Tree) -> Result<Option<u32>> {
+    let path = tree.lock_path();
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_unlocked_on_drop) => Ok(None),
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            // A daemon between taking the lock and writing its pid: 0.
+            Ok(Some(text.trim().parse().unwrap_or(0)))
+        }
+        Err((_, e)) => Err(e).with_context(|| format!("checking the lock {}", path.display())),
+    }
+}
+
+/// The lock a running daemon holds.
+pub struct DaemonLock {
+    _file: Flock<File>,
+}
+
+/// Take the daemon lock of `tree`, or say which daemon has it.
+pub fn lock_daemon(tree: &Tree) -> Result<DaemonLock> {
+    let path = tree.lock_path();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(f) => f,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = daemon_pid(tree)?.unwrap_or(0);
+            bail!(
+                "an ebb daemon is already serving {} (pid {pid}); stop it first (kill {pid})",
+                tree.root().display()
+            );
+        }
+        Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+    };
+    file.set_len(0)?;
+    writeln!(&mut *file, "{}", std::process::id())?;
+    file.sync_all()?;
+    Ok(DaemonLock { _file: file })
+}
+
+fn connect(tree: &Tree, pid: u32) -> Result<UnixStream> {
+    let path = tree.socket_path();
+    let sock = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "the daemon (pid {pid}) holds the lock of {} but its socket {} does not answer; is it stuck? (see {})",
+            tree.root().display(),
+            path.display(),
+            tree.log_path().display()
+        )
+    })?;
+    sock.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    Ok(sock)
+}
+
+fn call(
+    sock: &UnixStream,
+    req: &Request,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<serde_json::Value> {
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    send_with_fd(sock, &line, fd).context("sending a request to the daemon")?;
+    let mut reply = String::new();
+    BufReader::new(sock)
+        .read_line(&mut reply)
+        .context("waiting for the daemon's answer")?;
+    let reply: serde_json::Value =
+        serde_json::from_str(&reply).with_context(|| format!("the daemon answered {reply:?}"))?;
+    if reply["ok"] != serde_json::Value::Bool(true) {
+        bail!(
+            "the daemon refused: {}",
+            reply["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(reply)
+}
+
+/// Tell the daemon serving `tree`, if any, that `file` is about to be
+/// released. Returns once the daemon has dropped its ignore mark.
+pub fn forget(tree: &Tree, file: &File) -> Result<()> {
+    let Some(pid) = daemon_pid(tree)? else {
+        return Ok(());
+    };
+    call(&connect(tree, pid)?, &Request::Forget, Some(file.as_fd()))?;
+    Ok(())
+}
+
+/// The counters of the daemon serving `tree`.
+pub fn stats(tree: &Tree) -> Result<serde_json::Value> {
+    let pid = daemon_pid(tree)?.context("no daemon is serving this tree")?;
+    call(&connect(tree, pid)?, &Request::Stats, None)
+}
+
+/// A request received by the daemon, with its reply channel.
+pub struct Incoming {
+    pub request: Request,
+    pub fd: Option<OwnedFd>,
+    pub reply: crossbeam_channel::Sender<Result<serde_json::Value, String>>,
+}
+
+/// Accept connections on `listener` forever, handing each request to
+/// `deliver` (which queues it for the daemon's loop) and writing back the
+/// answer that comes on the reply channel. Each connection gets a thread,
+/// so a client that never sends cannot hold up the others.
+pub fn serve(listener: UnixListener, deliver: impl Fn(Incoming) + Send + Sync + Clone + 'static) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let deliver = deliver.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = answer(&conn, &deliver) {
+                tracing::debug!("control connection: {e:#}");
+            }
+        });
+    }
+}
+
+fn answer(conn: &UnixStream, deliver: &impl Fn(Incoming)) -> Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let mut len = 0;
+    let mut fd = None;
+    while !buf[..len].contains(&b'\n') {
+        if len == buf.len() {
+            bail!("request too long");
+        }
+        let (n, got) = recv_with_fd(conn, &mut buf[len..])?;
+        if n == 0 {
+            bail!("client left before finishing its request");
+        }
+        len += n;
+        fd = fd.or(got);
+    }
+    let reply = match serde_json::from_slice::<Request>(&buf[..len]) {
+        Ok(request) => {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            deliver(Incoming {
+                request,
+                fd,
+                reply: tx,
+            });
+            rx.recv()
+                .unwrap_or_else(|_| Err("the daemon is stopping".to_string()))
+        }
+        Err(e) => Err(format!("bad request: {e}")),
+    };
+    let mut line = match reply {
+        Ok(mut v) => {
+            v["ok"] = serde_json::Value::Bool(true);
+            serde_json::to_vec(&v)?
+        }
+        Err(e) => serde_json::to_vec(&serde_json::json!({"ok": false, "error": e}))?,
+    };
+    line.push(b'\n');
+    let mut conn = conn;
+    conn.write_all(&line)?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! `ebb daemon`: serves populate-on-access for one managed tree.
+//!
+//! Start-up, in this order: take the tree's lock (a second daemon is
+//! refused with the first one's pid), open catalog and store, create the
+//! pre-content group, silence ebb's own files in `.ebb/` (so the daemon's
+//! own catalog I/O never waits on itself), put the filesystem mark in
+//! place, and only then say it is ready. The loop ([`populate::Populator`])
+//! owns all state; fill workers and control connections talk to it through
+//! channels and wake it with an eventfd.
+//!
+//! On SIGTERM or SIGINT the daemon removes its mark, answers every event it
+//! has read or that is still queued, and exits. Until a daemon runs again
+//! released files read as zeros: failover (a keeper holding the group
+//! across restarts) is what closes that gap.
+
+pub mod control;
+mod fill;
+mod populate;
+
+pub use populate::{Stats, WATCHED};
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, TryRecvError};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::sys::fanotify::{EventBuffer, Group, InitOptions};
+use crate::tree::Tree;
+use control::{Incoming, Request};
+use populate::{FillDone, Populator};
+
+/// How the daemon runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Threads fetching and writing chunks.
+    pub workers: usize,
+    /// Called once the mark is in place and the daemon serves.
+    pub on_ready: Option<fn()>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            workers: 4,
+            on_ready: None,
+        }
+    }
+}
+
+/// Serve `tree` until SIGTERM or SIGINT.
+pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
+    let _lock = control::lock_daemon(tree)?;
+    let catalog = tree.catalog()?;
+    catalog.count_files()?; // creates the WAL files, which are silenced below
+    let store = tree.store()?;
+    let group = Group::new(InitOptions::pre_content()).context(
+        "fanotify_init(FAN_CLASS_PRE_CONTENT) failed: ebb needs root and Linux 6.14 or later",
+    )?;
+    silence_own_files(&group, tree)?;
+    group
+        .mark_filesystem(tree.root(), WATCHED)
+        .with_context(|| {
+            format!(
+                "marking the filesystem of {} for pre-content events (it must support them: XFS, btrfs, ext4)",
+                tree.root().display()
+            )
+        })?;
+
+    // Signals arrive through a signalfd the loop polls; they are blocked
+    // before any thread starts, so every thread inherits the mask.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().context("blocking SIGTERM/SIGINT")?;
+    let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    let wake = Arc::new(EventFd::from_value_and_flags(
+        0,
+        EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+    )?);
+    let poke = {
+        let wake = wake.clone();
+        move || {
+            let _ = wake.write(1);
+        }
+    };
+
+    let (job_tx, job_rx) = crossbeam_channel::unbounded();
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    for i in 0..opts.workers.max(1) {
+        let (store, jobs, done, poke) =
+            (store.clone(), job_rx.clone(), done_tx.clone(), poke.clone());
+        std::thread::Builder::new()
+            .name(format!("ebb-fill-{i}"))
+            .spawn(move || fill::work(store, jobs, done, poke))?;
+    }
+
+    let socket = tree.socket_path();
+    let _ = std::fs::remove_file(&socket); // a dead daemon's; we hold the lock
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("binding the control socket {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("ebb-control".into())
+        .spawn(move || {
+            control::serve(listener, move |incoming| {
+                if ctl_tx.send(incoming).is_ok() {
+                    poke();
+                }
+            })
+        })?;
+
+    let mut populator = Populator::new(group, catalog, job_tx);
+    tracing::info!(
+        "serving {} (store: {}, pid {})",
+        tree.root().display(),
+        store.describe(),
+        std::process::id()
+    );
+    if let Some(ready) = opts.on_ready {
+        ready();
+    }
+    let result = event_loop(tree, &mut populator, &sigfd, &wake, &done_rx, &ctl_rx);
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("stopped; counters: {:?}", populator.stats());
+    result
+}
+
+/// Put non-evictable ignore marks on the files in `.ebb/`: the daemon reads
+/// and writes them itself and must never wait on its own events. Marked by
+/// path: opening the catalog here would drop SQLite's locks on it.
+fn silence_own_files(group: &Group, tree: &Tree) -> Result<()> {
+    let dir = tree.state_dir();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        group
+            .add_ignore_path(&entry.path(), WATCHED, false)
+            .with_context(|| format!("silencing {}", entry.path().display()))?;
+    }
+    Ok(())
+}
+
+fn event_loop(
+    tree: &Tree,
+    populator: &mut Populator,
+    sigfd: &SignalFd,
+    wake: &EventFd,
+    done: &Receiver<FillDone>,
+    control: &Receiver<Incoming>,
+) -> Result<()> {
+    let mut buf = EventBuffer::default();
+    let mut stopping = false;
+    loop {
+        let mut fds = [
+            PollFd::new(populator.group().as_fd(), PollFlags::POLLIN),
+            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll"),
+        }
+        if let Ok(Some(sig)) = sigfd.read_signal() {
+            if !stopping {
+                tracing::info!(
+                    "signal {}: finishing what was asked, then stopping",
+                    sig.ssi_signo
+                );
+                stopping = true;
+                // No new events from here on; the queued ones are served.
+                if let Err(e) = populator.group().unmark_filesystem(tree.root(), WATCHED) {
+                    tracing::warn!("removing the filesystem mark: {e}");
+                }
+            }
+        }
+        let events = populator
+            .group()
+            .read_events(&mut buf)
+            .context("reading fanotify events")?;
+        let queue_empty = events.is_empty();
+        for event in events {
+            populator.on_event(event);
+        }
+        let _ = wake.read(); // reset; EAGAIN when nothing poked
+        loop {
+            match done.try_recv() {
+                Ok(d) => populator.on_fill_done(d),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => anyhow::bail!("every fill worker died"),
+            }
+        }
+        while let Ok(incoming) = control.try_recv() {
+            serve_request(populator, incoming);
+        }
+        populator.settle();
+        if stopping && queue_empty && populator.is_idle() {
+            return Ok(());
+        }
+    }
+}
+
+fn serve_request(populator: &mut Populator, incoming: Incoming) {
+    let reply = match incoming.request {
+        Request::Forget => match incoming.fd {
+            Some(fd) => populator
+                .forget(&File::from(fd))
+                .map(|()| serde_json::json!({}))
+                .map_err(|e| format!("{e:#}")),
+            None => Err("forget needs the file's fd attached".to_string()),
+        },
+        Request::Stats => serde_json::to_value(populator.stats()).map_err(|e| e.to_string()),
+    };
+    let _ = incoming.reply.send(reply);
+}
+
+/// For `--background`: tell the parent on stdout that the daemon serves,
+/// then stop using stdout (the parent stops reading it).
+pub fn announce_ready_on_stdout() {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "ready {}", std::process::id());
+    let _ = out.flush();
+    if let Err(e) = crate::sys::file::stdout_to_devnull() {
+        tracing::warn!("detaching stdout: {e}");
+    }
+}

@@ -1,0 +1,428 @@
+//! The populate-on-access state machine: what the daemon knows of the stubs
+//! it serves and of every permission event it has read and not answered.
+//!
+//! One loop owns all of it ([`Populator`]); fill workers only fetch and
+//! write chunks and report back ([`FillDone`]). Every permission event read
+//! from the group is in [`Populator::waiting`] until it is answered, so the
+//! in-flight state lives in exactly one place.
+//!
+//! For each `FAN_PRE_ACCESS`:
+//! - from the daemon itself: allowed at once (its own I/O never waits);
+//! - on a file the catalog does not hold, or holds fully resident: an
+//!   evictable ignore mark is added so the file raises no more events, and
+//!   the access is allowed;
+//! - on a stub: the chunks covering the range that are not resident are
+//!   fetched (once, however many readers wait on them), written through the
+//!   event's fd, recorded in the catalog, and then the access is allowed. A
+//!   chunk the store cannot deliver denies the access with `EIO`.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::Sender;
+
+use super::fill::FillJob;
+use crate::catalog::{Catalog, FileId, FileRecord, Residency, StatSnap};
+use crate::store::{chunks_overlapping, ChunkRef};
+use crate::sys::fanotify::{Event, EventId, Group, Response, FAN_PRE_ACCESS};
+use crate::sys::handle::{handle_of, FileHandle};
+
+/// `FAN_MODIFY`: a write happened (notification).
+pub const FAN_MODIFY: u64 = libc::FAN_MODIFY;
+/// What the daemon marks on the filesystem, and what ignore marks silence.
+pub const WATCHED: u64 = FAN_PRE_ACCESS | FAN_MODIFY;
+
+/// A chunk fill finished (or failed).
+#[derive(Debug)]
+pub struct FillDone {
+    pub file: FileId,
+    pub index: usize,
+    pub result: Result<u64, String>,
+}
+
+/// Counters, reported by `{"op":"stats"}`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Stats {
+    /// Permission events answered with allow.
+    pub allowed: u64,
+    /// Permission events answered with deny (`EIO`).
+    pub denied: u64,
+    /// Chunks fetched from the store and written.
+    pub chunks_filled: u64,
+    /// Bytes of those chunks.
+    pub bytes_filled: u64,
+    /// Chunk fills that failed.
+    pub fill_errors: u64,
+    /// Ignore marks added to files that need no more events.
+    pub ignore_marks: u64,
+    /// Files seen modified while not fully resident.
+    pub modified_seen: u64,
+}
+
+/// A stub the daemon is serving.
+struct Stub {
+    path: PathBuf,
+    handle: FileHandle,
+    manifest: Arc<Vec<ChunkRef>>,
+    resident: Residency,
+    modified: bool,
+    /// Serialises the fill workers' write + mtime restore on this file.
+    write_lock: Arc<Mutex<()>>,
+    /// An fd of the file while fills are in flight (to stat it when the
+    /// residency is recorded); dropped when idle so the daemon never keeps
+    /// a file open, which would make `ebb release` find it busy.
+    file: Option<Arc<File>>,
+    fills_in_flight: usize,
+}
+
+/// A permission event read and not yet answered.
+struct Waiting {
+    /// Chunk fills it still waits for.
+    pending: usize,
+    /// The first fill that failed for it, if any.
+    failure: Option<String>,
+    /// The event's fd: its number is the event's id, so it stays open until
+    /// the answer is written.
+    _fd: Arc<File>,
+}
+
+/// The daemon's loop state.
+pub struct Populator {
+    group: Group,
+    catalog: Catalog,
+    own_pid: i32,
+    stubs: HashMap<FileId, Stub>,
+    by_handle: HashMap<FileHandle, FileId>,
+    waiting: HashMap<EventId, Waiting>,
+    /// Chunk fills in progress, and the events waiting on each.
+    fills: HashMap<(FileId, usize), Vec<EventId>>,
+    /// Stubs whose residency changed since it was last recorded.
+    unrecorded: HashSet<FileId>,
+    jobs: Sender<FillJob>,
+    stats: Stats,
+}
+
+impl Populator {
+    pub fn new(group: Group, catalog: Catalog, jobs: Sender<FillJob>) -> Populator {
+        Populator {
+            group,
+            catalog,
+            own_pid: i32::try_from(std::process::id()).unwrap_or(-1),
+            stubs: HashMap::new(),
+            by_handle: HashMap::new(),
+            waiting: HashMap::new(),
+            fills: HashMap::new(),
+            unrecorded: HashSet::new(),
+            jobs,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn group(&self) -> &Group {
+        &self.group
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Whether any event is still unanswered.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Handle one event read from the group.
+    pub fn on_event(&mut self, event: Event) {
+        if event.mask & libc::FAN_Q_OVERFLOW != 0 {
+            tracing::error!("fanotify queue overflow: some events were lost");
+            return;
+        }
+        let Some(fd) = event.file else { return };
+        let file = File::from(fd);
+        if event.mask & FAN_PRE_ACCESS != 0 {
+            self.on_access(file, event.pid, event.range);
+        } else if event.mask & FAN_MODIFY != 0 {
+            self.on_modify(&file);
+        }
+    }
+
+    fn respond(&mut self, id: EventId, response: Response) {
+        match response {
+            Response::Allow => self.stats.allowed += 1,
+            _ => self.stats.denied += 1,
+        }
+        if let Err(e) = self.group.respond(id, response) {
+            tracing::error!("answering event {}: {e}", id.0);
+        }
+    }
+
+    fn ignore(&mut self, file: &File) {
+        match self.group.add_ignore(file.as_fd(), WATCHED, true) {
+            Ok(()) => self.stats.ignore_marks += 1,
+            Err(e) => tracing::warn!("adding an ignore mark: {e}"),
+        }
+    }
+
+    fn on_access(&mut self, file: File, pid: i32, range: Option<(u64, u64)>) {
+        let id = EventId::of(&file);
+        if pid == self.own_pid {
+            self.respond(id, Response::Allow);
+            return;
+        }
+        let stub = match self.lookup(&file) {
+            Ok(Some(stub)) => stub,
+            Ok(None) => {
+                self.ignore(&file);
+                self.respond(id, Response::Allow);
+                return;
+            }
+            Err(e) => {
+                // Not knowing whether this is a stub, allowing could hand
+                // out zeros: refuse the access instead, loudly.
+                tracing::error!("cannot tell whether an accessed file is managed: {e:#}");
+                self.respond(id, Response::DenyErrno(libc::EIO));
+                return;
+            }
+        };
+        let (start, count) = range.unwrap_or((0, u64::MAX));
+        let entry = self
+            .stubs
+            .get_mut(&stub)
+            .expect("lookup returned a cached stub");
+        let chunks = chunks_overlapping(&entry.manifest, start, start.saturating_add(count.max(1)));
+        let missing: Vec<usize> = entry.resident.missing_in(chunks).collect();
+        if missing.is_empty() {
+            self.respond(id, Response::Allow);
+            return;
+        }
+        tracing::debug!(
+            "{}: {} chunk(s) to fill for {start}+{count}",
+            entry.path.display(),
+            missing.len()
+        );
+        let file = Arc::new(file);
+        let keep = entry.file.get_or_insert_with(|| file.clone()).clone();
+        for &index in &missing {
+            let waiters = self.fills.entry((stub, index)).or_insert_with(|| {
+                entry.fills_in_flight += 1;
+                let job = FillJob {
+                    file_id: stub,
+                    index,
+                    chunk: entry.manifest[index],
+                    file: keep.clone(),
+                    write_lock: entry.write_lock.clone(),
+                };
+                if self.jobs.send(job).is_err() {
+                    tracing::error!("the fill workers are gone");
+                }
+                Vec::new()
+            });
+            waiters.push(id);
+        }
+        self.waiting.insert(
+            id,
+            Waiting {
+                pending: missing.len(),
+                failure: None,
+                _fd: file,
+            },
+        );
+    }
+
+    fn on_modify(&mut self, file: &File) {
+        let stub = match self.lookup(file) {
+            Ok(Some(stub)) => stub,
+            Ok(None) => {
+                self.ignore(file);
+                return;
+            }
+            Err(e) => {
+                tracing::error!("cannot tell whether a modified file is managed: {e:#}");
+                return;
+            }
+        };
+        let entry = self
+            .stubs
+            .get_mut(&stub)
+            .expect("lookup returned a cached stub");
+        if entry.modified {
+            return;
+        }
+        entry.modified = true;
+        self.stats.modified_seen += 1;
+        tracing::info!("{} modified while not all resident", entry.path.display());
+        if let Err(e) = self.catalog.mark_modified(stub) {
+            tracing::error!(
+                "recording that {} was modified: {e:#}",
+                entry.path.display()
+            );
+        }
+    }
+
+    /// The stub `file` is, loading it from the catalog on first sight;
+    /// `None` if the file needs no service (unmanaged or fully resident).
+    fn lookup(&mut self, file: &File) -> Result<Option<FileId>> {
+        let (handle, _) = handle_of(file.as_fd()).context("name_to_handle_at on an event fd")?;
+        if let Some(&id) = self.by_handle.get(&handle) {
+            return Ok(Some(id));
+        }
+        let Some(rec) = self.catalog.file_by_handle(&handle)? else {
+            return Ok(None);
+        };
+        if rec.resident.is_complete() {
+            return Ok(None);
+        }
+        let stat = StatSnap::of(&file.metadata()?);
+        let modified = rec.is_modified(&stat);
+        let FileRecord {
+            id,
+            path,
+            version,
+            resident,
+            ..
+        } = rec;
+        self.by_handle.insert(handle.clone(), id);
+        self.stubs.insert(
+            id,
+            Stub {
+                path,
+                handle,
+                manifest: version.manifest,
+                resident,
+                modified,
+                write_lock: Arc::default(),
+                file: None,
+                fills_in_flight: 0,
+            },
+        );
+        Ok(Some(id))
+    }
+
+    /// Take in finished fills. Call [`Populator::settle`] after a batch.
+    pub fn on_fill_done(&mut self, done: FillDone) {
+        let waiters = self
+            .fills
+            .remove(&(done.file, done.index))
+            .unwrap_or_default();
+        let Some(entry) = self.stubs.get_mut(&done.file) else {
+            return;
+        };
+        entry.fills_in_flight -= 1;
+        let failure = match done.result {
+            Ok(bytes) => {
+                entry.resident.insert(done.index);
+                self.unrecorded.insert(done.file);
+                self.stats.chunks_filled += 1;
+                self.stats.bytes_filled += bytes;
+                None
+            }
+            Err(why) => {
+                self.stats.fill_errors += 1;
+                tracing::error!(
+                    "{}: cannot fill chunk {} ({}): readers get EIO",
+                    entry.path.display(),
+                    done.index,
+                    why
+                );
+                Some(why)
+            }
+        };
+        for id in waiters {
+            if let Some(w) = self.waiting.get_mut(&id) {
+                w.pending -= 1;
+                if w.failure.is_none() {
+                    w.failure = failure.clone();
+                }
+            }
+        }
+    }
+
+    /// Record new residency in the catalog (one transaction), then answer
+    /// every event whose chunks are all in, and retire stubs that became
+    /// fully resident.
+    pub fn settle(&mut self) {
+        let recorded = self.record_residency();
+        // An event whose fills are still running (even failed ones) keeps
+        // its fd, which they may write through, until they are done.
+        let ready: Vec<EventId> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.pending == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            let Some(w) = self.waiting.get(&id) else {
+                continue;
+            };
+            let response = match (&w.failure, &recorded) {
+                (None, Ok(())) => Response::Allow,
+                _ => Response::DenyErrno(libc::EIO),
+            };
+            self.respond(id, response);
+            self.waiting.remove(&id);
+        }
+        let done: Vec<FileId> = self
+            .stubs
+            .iter()
+            .filter(|(_, s)| s.fills_in_flight == 0 && s.file.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            self.retire_if_complete(id);
+        }
+    }
+
+    fn record_residency(&mut self) -> Result<(), ()> {
+        if self.unrecorded.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<FileId> = self.unrecorded.drain().collect();
+        let stubs = &self.stubs;
+        let result = self.catalog.batch(|cat| {
+            for id in &ids {
+                let Some(stub) = stubs.get(id) else { continue };
+                let Some(file) = &stub.file else { continue };
+                let stat = StatSnap::of(&file.metadata()?);
+                cat.set_residency(*id, &stub.resident, &stat)?;
+            }
+            Ok(())
+        });
+        result.map_err(|e| {
+            tracing::error!("recording filled chunks in the catalog: {e:#}; readers get EIO");
+        })
+    }
+
+    /// Once no fill is in flight for a stub: let go of its fd, and if it is
+    /// fully resident, stop serving it (an ignore mark silences it).
+    fn retire_if_complete(&mut self, id: FileId) {
+        let Some(stub) = self.stubs.get_mut(&id) else {
+            return;
+        };
+        let Some(file) = stub.file.take() else { return };
+        if !stub.resident.is_complete() {
+            return;
+        }
+        tracing::info!("{} is all resident again", stub.path.display());
+        let handle = stub.handle.clone();
+        self.stubs.remove(&id);
+        self.by_handle.remove(&handle);
+        self.ignore(&file);
+    }
+
+    /// `ebb release` is about to punch `file`: drop any ignore mark on it
+    /// and anything cached, so its next access is served from the store.
+    pub fn forget(&mut self, file: &File) -> Result<()> {
+        self.group
+            .remove_ignore(file.as_fd(), WATCHED)
+            .context("removing the ignore mark")?;
+        let (handle, _) = handle_of(file.as_fd())?;
+        if let Some(id) = self.by_handle.remove(&handle) {
+            self.stubs.remove(&id);
+        }
+        Ok(())
+    }
+}
