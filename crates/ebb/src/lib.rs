@@ -4,6 +4,7 @@
 //! program reads it, through fanotify pre-content events. Start with
 //! `DESIGN.md`; each module below is one idea of it.
 
+pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod daemon;

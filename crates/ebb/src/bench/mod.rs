@@ -1,0 +1,85 @@
+//! Benchmarks that measure ebb against a baseline taken in the same run,
+//! on a loop-mounted XFS made for the purpose (`ebb bench …`).
+
+pub mod populate;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Parse a size such as `4096`, `64M`, `64MiB` or `1G` (binary units).
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: u64 = num
+        .parse()
+        .with_context(|| format!("{text:?} is not a size (try 64MiB or 1GiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => bail!("{text:?}: unknown unit {unit:?} (use K, M, G or T)"),
+    };
+    num.checked_mul(1 << shift)
+        .with_context(|| format!("{text:?} is too large"))
+}
+
+/// Write back dirty pages and drop the page cache, so the next read comes
+/// from the device (for the loop device: from its backing file, which is
+/// dropped too).
+pub fn drop_caches() -> Result<()> {
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", b"3\n")
+        .context("dropping the page cache (needs root)")
+}
+
+/// Read all of `path` sequentially in 1 MiB reads; returns the time taken.
+pub fn read_sequentially(path: &Path) -> Result<Duration> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(start.elapsed());
+        }
+    }
+}
+
+/// The `q` quantile (0..=1) of sorted `samples`.
+pub fn quantile(samples: &[Duration], q: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((samples.len() - 1) as f64 * q).round() as usize;
+    samples[idx.min(samples.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("4096").expect("plain"), 4096);
+        assert_eq!(parse_size("64M").expect("M"), 64 << 20);
+        assert_eq!(parse_size("1GiB").expect("GiB"), 1 << 30);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn quantiles_pick_from_sorted_samples() {
+        let s: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile(&s, 0.5), Duration::from_millis(51));
+        assert_eq!(quantile(&s, 0.99), Duration::from_millis(99));
+        assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
+}
