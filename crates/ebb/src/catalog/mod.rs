@@ -210,7 +210,11 @@ impl Catalog {
                 path.display()
             );
         }
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")?;
+        // Temporary tables in memory: SQLite's temp files would otherwise
+        // land where the daemon might have to answer its own events.
+        conn.execute_batch(
+            "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;",
+        )?;
         let cat = Catalog {
             conn,
             path: path.to_path_buf(),
@@ -271,7 +275,8 @@ impl Catalog {
                     v.content_hash, v.manifest
              FROM files f JOIN versions v ON v.id = f.version_id WHERE {cond}"
         );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let damaged = || format!("reading the catalog {}", self.path.display());
+        let mut stmt = self.conn.prepare_cached(&sql).with_context(damaged)?;
         let row = stmt
             .query_row(args, |r| {
                 Ok((

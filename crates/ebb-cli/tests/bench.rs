@@ -1,0 +1,52 @@
+//! The benchmarks run at a small size on every test run, so they keep
+//! working; their figures are printed, never asserted (timings are not
+//! tests). Full size is run by hand: see BENCHMARKS.md.
+
+use std::process::Command;
+
+#[test]
+fn bench_populate_runs_small_and_reports_every_figure() {
+    ebb::require_root!();
+    let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args([
+            "bench",
+            "populate",
+            "--size",
+            "16MiB",
+            "--random-reads",
+            "50",
+            "--repeats",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("run ebb bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    println!("{report:#}");
+    for field in [
+        "archive_secs",
+        "cold_resident_secs",
+        "cold_released_secs",
+        "cold_released_vs_resident",
+        "warm_no_daemon_secs",
+        "warm_under_mark_secs",
+        "warm_under_mark_vs_no_daemon",
+        "random_resident_p50_us",
+        "random_resident_p99_us",
+        "random_released_p50_us",
+        "random_released_p99_us",
+    ] {
+        let v = report[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field} missing: {report}"));
+        assert!(v.is_finite() && v > 0.0, "{field} = {v}");
+    }
+    assert_eq!(report["size"], 16 << 20);
+    assert_eq!(report["random_reads"], 50);
+    assert!(
+        report["chunks"].as_u64().expect("chunks") >= 16,
+        "16 MiB is at least 16 chunks of ≤1 MiB"
+    );
+}

@@ -1,0 +1,136 @@
+//! End to end: the daemon's life. It stops cleanly on SIGTERM (and
+//! SIGINT), and `--background` returns only once it serves.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const MIB: usize = 1 << 20;
+
+/// `ebb daemon ROOT` in the foreground, as our child; killed on drop.
+fn foreground(env: &Env, name: &str) -> (KillOnDrop, std::path::PathBuf) {
+    let log = env.fs.scratch().join(name);
+    let child = KillOnDrop::spawn(
+        Command::new(EBB)
+            .arg("daemon")
+            .arg(&env.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file")),
+    );
+    // Serving once its socket answers.
+    let sock = env.root.join(".ebb/daemon.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never served: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, log)
+}
+
+fn stop_with(child: &mut KillOnDrop, signal: Signal) -> std::process::ExitStatus {
+    let pid = Pid::from_raw(child.0.id() as i32);
+    kill(pid, signal).expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not stop on {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// 13a. SIGTERM (and SIGINT) stop a foreground daemon with status 0; it
+///      removes its socket and lets go of its lock.
+#[test]
+fn daemon_stops_cleanly_on_sigterm() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = random_bytes(3 * MIB);
+    let (path, _) = env.released_file("served.bin", &data);
+    let sock = env.root.join(".ebb/daemon.sock");
+
+    for (signal, name) in [(Signal::SIGTERM, "fg1.log"), (Signal::SIGINT, "fg2.log")] {
+        let (mut child, log) = foreground(&env, name);
+        assert_eq!(
+            std::fs::read_to_string(env.root.join(".ebb/daemon.pid"))
+                .unwrap()
+                .trim(),
+            child.0.id().to_string()
+        );
+        assert_reads(&path, &data);
+        assert_eq!(env.status(&path)["state"], "archived");
+        let status = stop_with(&mut child, signal);
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(status.success(), "exit on {signal}: {status}\n{log}");
+        assert!(!sock.exists(), "socket left after {signal}");
+        assert!(log.contains("stopped"), "{log}");
+        // Released again for the next round (no daemon runs now).
+        assert_eq!(env.release(&path)["result"], "released");
+    }
+
+    // The lock is free: a new daemon starts and serves, and stops on
+    // SIGTERM too.
+    env.start_daemon();
+    assert!(sock.exists());
+    assert_reads(&path, &data);
+    assert!(env.stop_daemons(), "needed SIGKILL");
+    assert!(!sock.exists(), "socket left by the background daemon");
+}
+
+/// 13b. `ebb daemon --background` returns only once the mark is in place:
+///      a read right after it returns gets the right bytes.
+#[test]
+fn background_returns_once_serving() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = random_bytes(2 * MIB + 1);
+    let (path, _) = env.released_file("quick.bin", &data);
+    for round in 0..4 {
+        env.start_daemon();
+        let run = cat(&path).ok();
+        assert_same(&run.stdout, &data, &format!("round {round}"));
+        assert!(env.stop_daemons(), "round {round}: needed SIGKILL");
+        assert_eq!(env.status(&path)["state"], "archived");
+        assert_eq!(env.release(&path)["result"], "released");
+    }
+    // --json reports the pid and the log.
+    let run = ebb([
+        std::ffi::OsStr::new("daemon"),
+        env.root.as_os_str(),
+        std::ffi::OsStr::new("--background"),
+        std::ffi::OsStr::new("--json"),
+    ]);
+    let pid_file = std::fs::read_to_string(env.root.join(".ebb/daemon.pid")).unwrap_or_default();
+    let pid: i32 = pid_file.trim().parse().unwrap_or(0);
+    // Stopped even if an assertion below fails.
+    struct Stop(i32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if self.0 > 0 {
+                terminate(self.0, Duration::from_secs(30));
+            }
+        }
+    }
+    let _stop = Stop(pid);
+    let line = run.ok().json1();
+    assert_eq!(line["pid"], pid, "{line}");
+    assert_eq!(line["root"], env.root.display().to_string(), "{line}");
+    assert_reads(&path, &data);
+}
