@@ -375,7 +375,6 @@ fn truncate_grow_of_a_released_file_keeps_its_bytes() {
 ///     the rest), `status` says modified and `release` refuses until the
 ///     file is archived again.
 #[test]
-#[ignore = "BUG: the daemon records the file's current size/mtime/ctime as the archived baseline when it records filled chunks (record_residency -> set_residency), and a truncate raises no FAN_MODIFY for a non-FID group, so the change is forgotten: status says archived/modified:false and release succeeds"]
 fn truncate_counts_as_a_modification() {
     ebb::require_root!();
     let env = Env::new(300);
@@ -403,7 +402,12 @@ fn truncate_counts_as_a_modification() {
     let again = env.archive(&path);
     assert_eq!(again["result"], "archived", "{again}");
     assert_eq!(again["size"], bigger as u64, "{again}");
-    assert_ne!(again["chunks"], a["chunks"].clone(), "{again}");
+    // The tail chunk differs now; the rest is shared with the old version.
+    assert!(again["new_chunks"].as_u64().unwrap() >= 1, "{again}");
+    assert!(
+        again["chunks"].as_u64().unwrap() >= a["chunks"].as_u64().unwrap(),
+        "{again}"
+    );
     assert_eq!(env.release(&path)["result"], "released");
     assert_reads(&path, &want);
 }
@@ -411,7 +415,6 @@ fn truncate_counts_as_a_modification() {
 /// 5d. Shrinking a released file and growing it back: the cut-off part
 ///     reads as zeros (POSIX), never as the archived bytes.
 #[test]
-#[ignore = "BUG: after truncate(1 MiB) + truncate(2 MiB) of a released 2 MiB file, reads of [1 MiB, 2 MiB) are filled from the store with the old archived bytes instead of zeros (the daemon does not notice the truncate), then status says archived/modified:false"]
 fn truncate_shrink_then_grow_reads_zeros() {
     ebb::require_root!();
     let env = Env::new(300);
@@ -439,7 +442,6 @@ fn truncate_shrink_then_grow_reads_zeros() {
 ///     daemon serves it, the written bytes are not overwritten with the
 ///     archived ones, status still says modified, and release refuses.
 #[test]
-#[ignore = "BUG: bytes written into a released file while no daemon runs are overwritten by the archived chunk on the first read under a daemon, and status flips from modified:true to modified:false (the daemon records the current stat as the baseline in set_residency); release then succeeds"]
 fn write_while_no_daemon_is_not_undone() {
     ebb::require_root!();
     let env = Env::new(300);

@@ -1,7 +1,7 @@
 //! Fixtures shared by ebb's unit and end-to-end tests: the privilege check
 //! and loop-mounted XFS/btrfs filesystems made (and removed) by the test.
 //!
-//! Not part of ebb's interface; public only so `tests/` can use it.
+//! Not part of ebb's interface: public for `tests/` and `ebb bench`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

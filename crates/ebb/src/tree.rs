@@ -52,7 +52,7 @@ impl Tree {
             );
         }
         let store = store.map_or_else(|| PathBuf::from(DEFAULT_STORE), Path::to_path_buf);
-        let store = absolute(&store)?;
+        let store = resolve_lenient(&store)?;
         if store.starts_with(&root) {
             bail!(
                 "the store {} is inside the managed tree {}; choose a store elsewhere with --store",
@@ -202,6 +202,31 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     })
 }
 
+/// `path` with every part that exists resolved (symlinks, `..`), and the
+/// rest, which does not exist yet, applied as written.
+pub fn resolve_lenient(path: &Path) -> Result<PathBuf> {
+    let mut out = PathBuf::from("/");
+    let mut exists = true;
+    for part in absolute(path)?.components() {
+        match part {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => {
+                out.push(name);
+                if exists {
+                    match std::fs::canonicalize(&out) {
+                        Ok(real) => out = real,
+                        Err(_) => exists = false,
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn absolute(path: &Path) -> Result<PathBuf> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
@@ -254,6 +279,14 @@ mod tests {
         let err =
             Tree::init(inside.path(), Some(&inside.path().join("s"))).expect_err("store inside");
         assert!(format!("{err:#}").contains("inside the managed tree"));
+
+        let spelled = Tree::init(inside.path(), Some(&inside.path().join("x/../s")))
+            .expect_err("store inside, spelled with ..");
+        assert!(format!("{spelled:#}").contains("inside the managed tree"));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(inside.path(), &link).expect("symlink");
+        let via_link = Tree::init(&link, Some(&link.join("s"))).expect_err("store via a symlink");
+        assert!(format!("{via_link:#}").contains("inside the managed tree"));
 
         let outside = Tree::find(dir.path()).expect_err("outside");
         assert!(format!("{outside:#}").contains("ebb init"));

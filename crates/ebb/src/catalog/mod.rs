@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS files (
     version_id  INTEGER NOT NULL REFERENCES versions(id),
     resident    BLOB NOT NULL,
     modified    INTEGER NOT NULL DEFAULT 0,
+    valid_len   INTEGER NOT NULL,
     size        INTEGER NOT NULL,
     mtime_sec   INTEGER NOT NULL,
     mtime_nsec  INTEGER NOT NULL,
@@ -151,6 +152,10 @@ pub struct FileRecord {
     pub resident: Residency,
     /// A write was seen since the version was archived.
     pub modified: bool,
+    /// Bytes of the archived version that may still be brought back: a
+    /// file cut shorter and grown again reads zeros past the cut, not the
+    /// archived bytes.
+    pub valid_len: u64,
     /// The attributes ebb last left the file with.
     pub expected: StatSnap,
 }
@@ -270,7 +275,7 @@ impl Catalog {
     fn query_file(&self, cond: &str, args: impl rusqlite::Params) -> Result<Option<FileRecord>> {
         let sql = format!(
             "SELECT f.id, f.handle, f.ino, f.generation, f.path, f.resident, f.modified,
-                    f.size, f.mtime_sec, f.mtime_nsec, f.ctime_sec, f.ctime_nsec,
+                    f.valid_len, f.size, f.mtime_sec, f.mtime_nsec, f.ctime_sec, f.ctime_nsec,
                     v.id, v.size, v.mtime_sec, v.mtime_nsec, v.ctime_sec, v.ctime_nsec,
                     v.content_hash, v.manifest
              FROM files f JOIN versions v ON v.id = f.version_id WHERE {cond}"
@@ -287,14 +292,16 @@ impl Catalog {
                     r.get::<_, String>(4)?,
                     r.get::<_, Vec<u8>>(5)?,
                     r.get::<_, bool>(6)?,
-                    stat_from_row(r, 7)?,
-                    r.get::<_, i64>(12)?,
-                    stat_from_row(r, 13)?,
-                    r.get::<_, String>(18)?,
-                    r.get::<_, Vec<u8>>(19)?,
+                    r.get::<_, i64>(7)? as u64,
+                    stat_from_row(r, 8)?,
+                    r.get::<_, i64>(13)?,
+                    stat_from_row(r, 14)?,
+                    r.get::<_, String>(19)?,
+                    r.get::<_, Vec<u8>>(20)?,
                 ))
             })
-            .optional()?;
+            .optional()
+            .with_context(damaged)?;
         let Some((
             id,
             handle,
@@ -303,6 +310,7 @@ impl Catalog {
             path,
             resident,
             modified,
+            valid_len,
             expected,
             vid,
             vstat,
@@ -332,6 +340,7 @@ impl Catalog {
             },
             resident,
             modified,
+            valid_len,
             expected,
         }))
     }
@@ -377,11 +386,12 @@ impl Catalog {
             .optional()?;
         tx.execute(
             "INSERT INTO files (handle, ino, generation, path, version_id, resident, modified,
-                                size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11)
+                                valid_len, size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT(handle) DO UPDATE SET
                 ino = excluded.ino, generation = excluded.generation, path = excluded.path,
                 version_id = excluded.version_id, resident = excluded.resident, modified = 0,
+                valid_len = excluded.valid_len,
                 size = excluded.size, mtime_sec = excluded.mtime_sec,
                 mtime_nsec = excluded.mtime_nsec, ctime_sec = excluded.ctime_sec,
                 ctime_nsec = excluded.ctime_nsec",
@@ -411,8 +421,11 @@ impl Catalog {
         Ok(FileId(id))
     }
 
-    /// Record which chunks are on disk now and the attributes ebb left the
-    /// file with.
+    /// Record which chunks are on disk now and the attributes ebb leaves
+    /// the file with. ebb's own writes keep size and mtime; if either
+    /// differs from what was recorded, someone else changed the file, and
+    /// that is kept (sticky `modified`, `valid_len` cut to the size) before
+    /// the new attributes replace the old.
     pub fn set_residency(
         &mut self,
         id: FileId,
@@ -420,8 +433,10 @@ impl Catalog {
         stat: &StatSnap,
     ) -> Result<()> {
         let n = self.conn.execute(
-            "UPDATE files SET resident = ?2, size = ?3, mtime_sec = ?4, mtime_nsec = ?5,
-                              ctime_sec = ?6, ctime_nsec = ?7
+            "UPDATE files SET resident = ?2,
+                modified = (modified OR size != ?3 OR mtime_sec != ?4 OR mtime_nsec != ?5),
+                valid_len = min(valid_len, ?3),
+                size = ?3, mtime_sec = ?4, mtime_nsec = ?5, ctime_sec = ?6, ctime_nsec = ?7
              WHERE id = ?1",
             params![
                 id.0,
@@ -439,10 +454,25 @@ impl Catalog {
         Ok(())
     }
 
-    /// Remember that the file's content was written since it was archived.
-    pub fn mark_modified(&mut self, id: FileId) -> Result<()> {
-        self.conn
-            .execute("UPDATE files SET modified = 1 WHERE id = ?1", params![id.0])?;
+    /// If `stat` shows a change ebb did not make, record it (and in `rec`)
+    /// before anything records new attributes over the evidence.
+    pub fn note_changes(&mut self, rec: &mut FileRecord, stat: &StatSnap) -> Result<()> {
+        let valid_len = rec.valid_len.min(stat.size);
+        if rec.is_modified(stat) && (!rec.modified || valid_len < rec.valid_len) {
+            self.mark_modified(rec.id, valid_len)?;
+            rec.modified = true;
+            rec.valid_len = valid_len;
+        }
+        Ok(())
+    }
+
+    /// Remember that the file's content was changed since it was archived,
+    /// and that no archived byte at or past `valid_len` may come back.
+    pub fn mark_modified(&mut self, id: FileId, valid_len: u64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE files SET modified = 1, valid_len = min(valid_len, ?2) WHERE id = ?1",
+            params![id.0, valid_len as i64],
+        )?;
         Ok(())
     }
 

@@ -46,7 +46,9 @@ fn archive_then_release_then_populate_derives_each_state() {
     assert_eq!(rec.resident_bytes(), 300);
     assert_eq!(rec.version.manifest.len(), 3);
 
-    let after = stat(300, 11);
+    // What ebb's own writes leave: same size and mtime, a new ctime.
+    let mut after = st;
+    after.ctime.sec += 1;
     cat.set_residency(id, &Residency::empty(3), &after)
         .expect("release");
     let rec = cat.file_by_id(id).expect("q").expect("found");
@@ -64,12 +66,66 @@ fn archive_then_release_then_populate_derives_each_state() {
     assert_eq!(rec.state(&after), State::Partial);
     assert_eq!(rec.resident.ranges(&rec.version.manifest), vec![(100, 200)]);
 
-    cat.mark_modified(id).expect("modified");
-    assert!(cat
+    assert_eq!(
+        cat.file_by_id(id).expect("q").expect("found").valid_len,
+        300
+    );
+    cat.mark_modified(id, 120).expect("modified");
+    cat.mark_modified(id, 250)
+        .expect("a longer valid length never grows it back");
+    let rec = cat.file_by_id(id).expect("q").expect("found");
+    assert!(rec.is_modified(&after));
+    assert_eq!(rec.valid_len, 120);
+}
+
+#[test]
+fn changes_ebb_did_not_make_stay_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+    let id = cat
+        .record_archive(
+            &identity(3),
+            Path::new("/t/c"),
+            &stat(300, 10),
+            "h",
+            &manifest(3),
+        )
+        .expect("archive");
+    // ebb's own write: only the ctime moves. Not a modification.
+    let mut own = stat(300, 10);
+    own.ctime.sec = 11;
+    cat.set_residency(id, &Residency::empty(3), &own)
+        .expect("release");
+    assert!(!cat
         .file_by_id(id)
         .expect("q")
         .expect("found")
-        .is_modified(&after));
+        .is_modified(&own));
+    // A cut to 120 bytes recorded over by a later fill is not forgotten.
+    let cut = stat(120, 12);
+    cat.set_residency(id, &Residency::empty(3), &cut)
+        .expect("fill");
+    let rec = cat.file_by_id(id).expect("q").expect("found");
+    assert!(rec.is_modified(&cut), "sticky");
+    assert_eq!(rec.valid_len, 120);
+
+    let id = cat
+        .record_archive(
+            &identity(4),
+            Path::new("/t/d"),
+            &stat(300, 10),
+            "h",
+            &manifest(3),
+        )
+        .expect("archive");
+    let mut rec = cat.file_by_id(id).expect("q").expect("found");
+    cat.note_changes(&mut rec, &stat(300, 10))
+        .expect("unchanged");
+    assert!(!rec.modified);
+    cat.note_changes(&mut rec, &stat(200, 13)).expect("changed");
+    assert!(rec.modified && rec.valid_len == 200);
+    let stored = cat.file_by_id(id).expect("q").expect("found");
+    assert!(stored.modified && stored.valid_len == 200);
 }
 
 #[test]
@@ -86,7 +142,7 @@ fn rearchive_replaces_the_version_and_clears_modified() {
             &manifest(3),
         )
         .expect("archive");
-    cat.mark_modified(id).expect("modified");
+    cat.mark_modified(id, 10).expect("modified");
     let id2 = cat
         .record_archive(
             &identity(2),
@@ -104,6 +160,7 @@ fn rearchive_replaces_the_version_and_clears_modified() {
     assert_eq!(rec.version.content_hash, "h2");
     assert_eq!(rec.path, Path::new("/t/b2"));
     assert!(!rec.modified);
+    assert_eq!(rec.valid_len, 200, "a new version is valid in full");
     assert_eq!(cat.count_files().expect("count"), 1);
     let versions: i64 = cat
         .conn

@@ -60,14 +60,8 @@ pub fn run(op: Op, paths: &[PathBuf], recursive: bool, json: bool) -> Result<Exi
     let progress = Bar(bar.clone());
     let mut trees: HashMap<PathBuf, Opened> = HashMap::new();
     let (mut ok, mut failed) = (0usize, 0usize);
-    for file in files {
-        let (path, result) = match file {
-            Ok(path) => {
-                let result = one(op, &path, &mut trees, &progress);
-                (Some(path), result)
-            }
-            Err(e) => (None, Err(e)),
-        };
+    for (path, found) in files {
+        let result = found.and_then(|()| one(op, &path, &mut trees, &progress));
         match result {
             Ok(report) => {
                 ok += 1;
@@ -98,14 +92,13 @@ pub fn run(op: Op, paths: &[PathBuf], recursive: bool, json: bool) -> Result<Exi
 }
 
 /// A bar of bytes for work that moves data, shown only on a terminal.
-fn progress_bar(op: Op, files: &[Result<PathBuf>], json: bool) -> ProgressBar {
+fn progress_bar(op: Op, files: &[(PathBuf, Result<()>)], json: bool) -> ProgressBar {
     if json || op == Op::Status || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let total: u64 = files
         .iter()
-        .flatten()
-        .filter_map(|p| std::fs::metadata(p).ok())
+        .filter_map(|(p, _)| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::populate::FillDone;
 use crate::catalog::FileId;
-use crate::hsm::write_chunk;
+use crate::hsm::fill_chunk;
 use crate::store::{ChunkRef, Store};
 use crate::sys::file::set_mtime;
 
@@ -20,6 +20,8 @@ pub struct FillJob {
     pub file_id: FileId,
     pub index: usize,
     pub chunk: ChunkRef,
+    /// Nothing at or past this offset is written (see `valid_len`).
+    pub limit: u64,
     /// An fd from the event, which raises no events of its own.
     pub file: Arc<File>,
     pub write_lock: Arc<Mutex<()>>,
@@ -42,7 +44,7 @@ pub fn work(store: Store, jobs: Receiver<FillJob>, done: Sender<FillDone>, wake:
     }
 }
 
-fn fill(store: &Store, job: &FillJob) -> Result<u64> {
+fn fill(store: &Store, job: &FillJob) -> Result<(u64, bool)> {
     let data = store.get_chunk(&job.chunk.hash, job.chunk.len)?;
     // Writers of one file take turns, so each puts back the mtime it found
     // and not one another worker's write just changed.
@@ -52,7 +54,9 @@ fn fill(store: &Store, job: &FillJob) -> Result<u64> {
         .map_err(|_| anyhow::anyhow!("a fill worker panicked while writing this file"))?;
     let meta = job.file.metadata().context("fstat before filling")?;
     let mtime = crate::catalog::StatSnap::of(&meta).mtime;
-    write_chunk(&job.file, job.chunk.offset, &data, meta.len()).context("writing the chunk")?;
+    let limit = job.limit.min(meta.len());
+    let found_foreign =
+        fill_chunk(&job.file, job.chunk.offset, &data, limit).context("writing the chunk")?;
     set_mtime(job.file.as_fd(), mtime).context("restoring the mtime after filling")?;
-    Ok(data.len() as u64)
+    Ok((data.len() as u64, found_foreign))
 }

@@ -41,7 +41,9 @@ pub const WATCHED: u64 = FAN_PRE_ACCESS | FAN_MODIFY;
 pub struct FillDone {
     pub file: FileId,
     pub index: usize,
-    pub result: Result<u64, String>,
+    /// Bytes filled, and whether the chunk's range held data ebb did not
+    /// write (kept, and the file counted as modified).
+    pub result: Result<(u64, bool), String>,
 }
 
 /// Counters, reported by `{"op":"stats"}`.
@@ -70,6 +72,8 @@ struct Stub {
     manifest: Arc<Vec<ChunkRef>>,
     resident: Residency,
     modified: bool,
+    /// No archived byte at or past this offset may be written back.
+    valid_len: u64,
     /// Serialises the fill workers' write + mtime restore on this file.
     write_lock: Arc<Mutex<()>>,
     /// An fd of the file while fills are in flight (to stat it when the
@@ -189,6 +193,11 @@ impl Populator {
             }
         };
         let (start, count) = range.unwrap_or((0, u64::MAX));
+        if let Err(e) = self.note_size(stub, &file) {
+            tracing::error!("cannot check the size of an accessed stub: {e:#}");
+            self.respond(id, Response::DenyErrno(libc::EIO));
+            return;
+        }
         let entry = self
             .stubs
             .get_mut(&stub)
@@ -213,6 +222,7 @@ impl Populator {
                     file_id: stub,
                     index,
                     chunk: entry.manifest[index],
+                    limit: entry.valid_len,
                     file: keep.clone(),
                     write_lock: entry.write_lock.clone(),
                 };
@@ -245,22 +255,39 @@ impl Populator {
                 return;
             }
         };
-        let entry = self
-            .stubs
-            .get_mut(&stub)
-            .expect("lookup returned a cached stub");
-        if entry.modified {
+        self.note_modified(stub, None);
+    }
+
+    /// Record (once) that a stub was changed by someone else, and, if it
+    /// was cut to `cut_to` bytes, that nothing past that may be filled.
+    fn note_modified(&mut self, id: FileId, cut_to: Option<u64>) {
+        let Some(entry) = self.stubs.get_mut(&id) else {
+            return;
+        };
+        let valid_len = cut_to.map_or(entry.valid_len, |n| n.min(entry.valid_len));
+        if entry.modified && valid_len == entry.valid_len {
             return;
         }
         entry.modified = true;
+        entry.valid_len = valid_len;
         self.stats.modified_seen += 1;
         tracing::info!("{} modified while not all resident", entry.path.display());
-        if let Err(e) = self.catalog.mark_modified(stub) {
+        if let Err(e) = self.catalog.mark_modified(id, valid_len) {
             tracing::error!(
                 "recording that {} was modified: {e:#}",
                 entry.path.display()
             );
         }
+    }
+
+    /// A stub cut shorter than its valid length (a truncate raises no
+    /// FAN_MODIFY here) must never have the cut-off bytes filled again.
+    fn note_size(&mut self, id: FileId, file: &File) -> Result<()> {
+        let size = file.metadata()?.len();
+        if self.stubs.get(&id).is_some_and(|s| size < s.valid_len) {
+            self.note_modified(id, Some(size));
+        }
+        Ok(())
     }
 
     /// The stub `file` is, loading it from the catalog on first sight;
@@ -270,19 +297,23 @@ impl Populator {
         if let Some(&id) = self.by_handle.get(&handle) {
             return Ok(Some(id));
         }
-        let Some(rec) = self.catalog.file_by_handle(&handle)? else {
+        let Some(mut rec) = self.catalog.file_by_handle(&handle)? else {
             return Ok(None);
         };
         if rec.resident.is_complete() {
             return Ok(None);
         }
-        let stat = StatSnap::of(&file.metadata()?);
-        let modified = rec.is_modified(&stat);
+        // Changes made while no daemon watched (or before this one cached
+        // the file) are recorded before any fill records new attributes.
+        self.catalog
+            .note_changes(&mut rec, &StatSnap::of(&file.metadata()?))?;
         let FileRecord {
             id,
             path,
             version,
             resident,
+            modified,
+            valid_len,
             ..
         } = rec;
         self.by_handle.insert(handle.clone(), id);
@@ -294,6 +325,7 @@ impl Populator {
                 manifest: version.manifest,
                 resident,
                 modified,
+                valid_len,
                 write_lock: Arc::default(),
                 file: None,
                 fills_in_flight: 0,
@@ -313,11 +345,21 @@ impl Populator {
         };
         entry.fills_in_flight -= 1;
         let failure = match done.result {
-            Ok(bytes) => {
+            Ok((bytes, found_foreign)) => {
+                if found_foreign {
+                    tracing::warn!(
+                        "{}: chunk {} held data ebb did not write (written while no daemon served it?); kept it",
+                        entry.path.display(),
+                        done.index
+                    );
+                }
                 entry.resident.insert(done.index);
                 self.unrecorded.insert(done.file);
                 self.stats.chunks_filled += 1;
                 self.stats.bytes_filled += bytes;
+                if found_foreign {
+                    self.note_modified(done.file, None);
+                }
                 None
             }
             Err(why) => {
@@ -386,7 +428,15 @@ impl Populator {
             for id in &ids {
                 let Some(stub) = stubs.get(id) else { continue };
                 let Some(file) = &stub.file else { continue };
-                let stat = StatSnap::of(&file.metadata()?);
+                // Taken between two fills, never inside one, where a fill
+                // has written but not yet put the mtime back: that mtime
+                // would later read as somebody else's change.
+                let stat = {
+                    let _turn = stub.write_lock.lock().map_err(|_| {
+                        anyhow::anyhow!("a fill worker panicked while writing this file")
+                    })?;
+                    StatSnap::of(&file.metadata()?)
+                };
                 cat.set_residency(*id, &stub.resident, &stat)?;
             }
             Ok(())

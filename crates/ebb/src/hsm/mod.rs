@@ -11,7 +11,7 @@ mod status;
 
 pub use archive::{archive, ArchiveOutcome};
 pub use release::{release, ReleaseOutcome};
-pub use restore::{restore, write_chunk, RestoreOutcome};
+pub use restore::{fill_chunk, restore, RestoreOutcome};
 pub use status::{status, FileStatus};
 
 use std::fs::File;
@@ -77,29 +77,29 @@ pub fn managed_path(tree: &Tree, path: &Path) -> Result<PathBuf> {
 
 /// Expand `paths` into the regular files they name, descending into
 /// directories when `recursive` (never into `.ebb`, never through
-/// symlinks). Errors on single paths are returned in place so a caller can
-/// report them and go on.
-pub fn expand_paths(paths: &[PathBuf], recursive: bool) -> Vec<Result<PathBuf>> {
+/// symlinks). Each comes with the error found on the way to it, if any, so
+/// a caller can report it by path and go on.
+pub fn expand_paths(paths: &[PathBuf], recursive: bool) -> Vec<(PathBuf, Result<()>)> {
     let mut out = Vec::new();
     for path in paths {
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() && recursive => walk(path, &mut out),
-            Ok(_) => out.push(Ok(path.clone())),
-            Err(e) => out.push(Err(
-                anyhow::Error::new(e).context(format!("{}", path.display()))
-            )),
+            Ok(_) => out.push((path.clone(), Ok(()))),
+            Err(e) => {
+                let err = anyhow::Error::new(e).context(format!("{}", path.display()));
+                out.push((path.clone(), Err(err)));
+            }
         }
     }
     out
 }
 
-fn walk(dir: &Path, out: &mut Vec<Result<PathBuf>>) {
+fn walk(dir: &Path, out: &mut Vec<(PathBuf, Result<()>)>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            out.push(Err(
-                anyhow::Error::new(e).context(format!("reading {}", dir.display()))
-            ));
+            let err = anyhow::Error::new(e).context(format!("reading {}", dir.display()));
+            out.push((dir.to_path_buf(), Err(err)));
             return;
         }
     };
@@ -112,7 +112,7 @@ fn walk(dir: &Path, out: &mut Vec<Result<PathBuf>>) {
         let path = entry.path();
         match entry.file_type() {
             Ok(t) if t.is_dir() => walk(&path, out),
-            Ok(t) if t.is_file() => out.push(Ok(path)),
+            Ok(t) if t.is_file() => out.push((path, Ok(()))),
             _ => {}
         }
     }

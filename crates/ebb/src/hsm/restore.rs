@@ -6,6 +6,8 @@
 //! file. Without a daemon, restore fills the chunks itself, holding the file
 //! exclusively as release does.
 
+use std::fs::File;
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -18,7 +20,7 @@ use super::{identity_of, managed_path, Progress};
 use crate::catalog::{Catalog, FileRecord, StatSnap};
 use crate::daemon::control;
 use crate::store::Store;
-use crate::sys::file::set_mtime;
+use crate::sys::file::{seek_data, seek_hole, set_mtime};
 use crate::tree::Tree;
 
 /// What restoring one file did.
@@ -146,37 +148,84 @@ fn fill_exclusively(
         .file_by_handle(&identity.handle)?
         .context("the file left the catalog while it was restored")?;
     let before = StatSnap::of(&file.metadata()?);
+    catalog.note_changes(&mut rec, &before)?;
     let missing: Vec<usize> = rec.resident.missing_in(0..rec.resident.len()).collect();
+    let mut found_foreign = false;
     for i in missing {
         let chunk = rec.version.manifest[i];
         let data = store
             .get_chunk(&chunk.hash, chunk.len)
             .with_context(|| format!("fetching chunk {i} of {}", path.display()))?;
-        write_chunk(file, chunk.offset, &data, before.size)
-            .with_context(|| format!("writing chunk {i} of {}", path.display()))?;
+        if fill_chunk(file, chunk.offset, &data, rec.valid_len)
+            .with_context(|| format!("writing chunk {i} of {}", path.display()))?
+        {
+            found_foreign = true;
+        }
         rec.resident.insert(i);
         progress.advance(u64::from(chunk.len));
     }
     set_mtime(file.as_fd(), before.mtime).context("restoring the mtime")?;
     file.sync_all()?;
     catalog.set_residency(rec.id, &rec.resident, &StatSnap::of(&file.metadata()?))?;
+    if found_foreign {
+        catalog.mark_modified(rec.id, rec.valid_len)?;
+    }
     Ok(())
 }
 
-/// Write a chunk's bytes at `offset`, never past `size` (the file may have
-/// been truncated since it was archived), and not at all where they are
-/// zeros: the released range already reads as zeros, and leaving it a hole
-/// keeps a sparse file sparse.
-pub fn write_chunk(
-    file: &std::fs::File,
-    offset: u64,
-    data: &[u8],
-    size: u64,
-) -> std::io::Result<()> {
-    let room = usize::try_from(size.saturating_sub(offset)).unwrap_or(usize::MAX);
-    let data = &data[..data.len().min(room)];
-    if data.iter().all(|&b| b == 0) {
+/// Write an archived chunk's bytes at `offset`, but only below `limit`
+/// (the file may have been cut since it was archived) and never over a
+/// byte someone else wrote: where the range already holds data (a program
+/// wrote while no daemon served the file, or a neighbouring chunk's fill
+/// allocated a shared block), only its zero bytes are filled in. Zeros
+/// themselves are never written, so a sparse file stays sparse. Returns
+/// whether bytes written by someone else were found (and kept).
+pub fn fill_chunk(file: &File, offset: u64, data: &[u8], limit: u64) -> io::Result<bool> {
+    let end = offset.saturating_add(data.len() as u64).min(limit);
+    let mut foreign = false;
+    let mut pos = offset;
+    while pos < end {
+        let data_at = seek_data(file.as_fd(), pos)?.unwrap_or(end).min(end);
+        write_unless_zero(file, pos, &data[range_in(offset, pos, data_at)])?;
+        if data_at == end {
+            break;
+        }
+        let hole_at = seek_hole(file.as_fd(), data_at)?.unwrap_or(end).min(end);
+        foreign |= merge_into_data(file, data_at, &data[range_in(offset, data_at, hole_at)])?;
+        pos = hole_at;
+    }
+    Ok(foreign)
+}
+
+/// Fill the zero bytes of an allocated range with `archived`; keep the
+/// others. Returns whether any kept byte differs from the archived one.
+fn merge_into_data(file: &File, offset: u64, archived: &[u8]) -> io::Result<bool> {
+    let mut on_disk = vec![0u8; archived.len()];
+    file.read_exact_at(&mut on_disk, offset)?;
+    let mut foreign = false;
+    let mut changed = false;
+    for (disk, &want) in on_disk.iter_mut().zip(archived) {
+        if *disk == 0 {
+            changed |= want != 0;
+            *disk = want;
+        } else if *disk != want {
+            foreign = true;
+        }
+    }
+    if changed {
+        file.write_all_at(&on_disk, offset)?;
+    }
+    Ok(foreign)
+}
+
+fn range_in(base: u64, start: u64, end: u64) -> std::ops::Range<usize> {
+    // Both lie within one chunk of at most CHUNK_MAX bytes after `base`.
+    (start - base) as usize..(end - base) as usize
+}
+
+fn write_unless_zero(file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    if bytes.iter().all(|&b| b == 0) {
         return Ok(());
     }
-    file.write_all_at(data, offset)
+    file.write_all_at(bytes, offset)
 }

@@ -254,7 +254,7 @@ mod tests {
         for path in [missing, plain, damaged, future] {
             match LocalDir::open(&path) {
                 Err(e @ StoreError::NotAStore { .. }) => {
-                    assert!(e.to_string().contains("ebb init --store"), "{e}")
+                    assert!(e.to_string().contains(".ebb/config.json"), "{e}")
                 }
                 other => panic!("{}: {other:?}", path.display()),
             }

@@ -109,7 +109,7 @@ pub enum StoreError {
     Corrupt { hash: ChunkHash, why: String },
     /// The store directory does not exist or is not an ebb store.
     #[error(
-        "{} is not an ebb store ({why}): restore it, or point the tree at another with `ebb init --store`",
+        "{} is not an ebb store ({why}): restore it (or mount it), or change \"store\" in the tree's .ebb/config.json",
         path.display()
     )]
     NotAStore { path: PathBuf, why: String },
