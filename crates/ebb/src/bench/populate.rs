@@ -32,7 +32,8 @@ pub struct Options {
     pub random_reads: usize,
     /// The `ebb` executable, to start the daemon as a real process.
     pub exe: PathBuf,
-    /// Warm reads repeated; the best is kept.
+    /// Each sequential read is repeated this often: the median of the cold
+    /// reads and the best of the warm ones are kept.
     pub repeats: usize,
 }
 
@@ -106,8 +107,10 @@ pub fn run(opts: &Options) -> Result<Report> {
     let path = root.join("data");
     write_random(&path, opts.size)?;
 
-    drop_caches()?;
-    let cold_resident = read_sequentially(&path)?;
+    let cold_resident = median_of(opts.repeats, || {
+        drop_caches()?;
+        read_sequentially(&path)
+    })?;
     let offsets = random_offsets(opts.size, opts.random_reads);
     drop_caches()?;
     let random_resident = timed_reads(&path, &offsets)?;
@@ -124,9 +127,11 @@ pub fn run(opts: &Options) -> Result<Report> {
     let daemon = Daemon::start(&opts.exe, &root)?;
     read_sequentially(&path)?; // the first read adds the ignore mark
     let warm_under_mark = best_of(opts.repeats, || read_sequentially(&path))?;
-    hsm::release(&tree, &mut catalog, &store, &path)?;
-    drop_caches()?;
-    let cold_released = read_sequentially(&path)?;
+    let cold_released = median_of(opts.repeats, || {
+        hsm::release(&tree, &mut catalog, &store, &path)?;
+        drop_caches()?;
+        read_sequentially(&path)
+    })?;
 
     hsm::release(&tree, &mut catalog, &store, &path)?;
     drop_caches()?;
@@ -197,6 +202,12 @@ fn timed_reads(path: &Path, offsets: &[u64]) -> Result<Vec<Duration>> {
     }
     samples.sort();
     Ok(samples)
+}
+
+fn median_of(n: usize, mut f: impl FnMut() -> Result<Duration>) -> Result<Duration> {
+    let mut times = (0..n.max(1)).map(|_| f()).collect::<Result<Vec<_>>>()?;
+    times.sort();
+    Ok(quantile(&times, 0.5))
 }
 
 fn best_of(n: usize, mut f: impl FnMut() -> Result<Duration>) -> Result<Duration> {

@@ -13,7 +13,8 @@ pub enum Bench {
     ///
     /// Makes a loop-mounted XFS under /var/tmp (needs root, xfsprogs and
     /// twice SIZE of free space), writes SIZE random bytes, and measures:
-    /// a cold sequential read released vs resident (page cache dropped), a
+    /// a cold sequential read released vs resident (page cache dropped; the
+    /// median of --repeats runs), a
     /// warm read under the daemon's mark vs no daemon, and first-touch
     /// random 4 KiB reads (p50/p99). Everything is removed afterwards.
     Populate {
@@ -23,7 +24,8 @@ pub enum Bench {
         /// Number of first-touch random 4 KiB reads.
         #[arg(long, default_value_t = 1000)]
         random_reads: usize,
-        /// Warm reads are repeated this often; the best counts.
+        /// Sequential reads are repeated this often: the median of the cold
+        /// ones and the best of the warm ones count.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
         /// Print the figures as one JSON object.

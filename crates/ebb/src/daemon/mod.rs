@@ -36,7 +36,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::sys::fanotify::{EventBuffer, Group, InitOptions};
 use crate::tree::Tree;
 use control::{Incoming, Request};
-use populate::{FillDone, Populator};
+use populate::{FillDone, Populator, READ_AHEAD_CHUNKS};
 
 /// How the daemon runs.
 #[derive(Clone, Debug)]
@@ -94,13 +94,21 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     };
 
     let (job_tx, job_rx) = crossbeam_channel::unbounded();
+    let (ahead_tx, ahead_rx) = crossbeam_channel::bounded(READ_AHEAD_CHUNKS);
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let read_ahead = Arc::new(fill::ReadAhead::new(READ_AHEAD_CHUNKS * 2));
     for i in 0..opts.workers.max(1) {
-        let (store, jobs, done, poke) =
-            (store.clone(), job_rx.clone(), done_tx.clone(), poke.clone());
+        let worker = fill::Worker {
+            store: store.clone(),
+            read_ahead: read_ahead.clone(),
+            fills: job_rx.clone(),
+            prefetches: ahead_rx.clone(),
+            done: done_tx.clone(),
+            wake: poke.clone(),
+        };
         std::thread::Builder::new()
             .name(format!("ebb-fill-{i}"))
-            .spawn(move || fill::work(store, jobs, done, poke))?;
+            .spawn(move || worker.run())?;
     }
 
     let socket = tree.socket_path();
@@ -119,7 +127,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
             })
         })?;
 
-    let mut populator = Populator::new(group, catalog, job_tx);
+    let mut populator = Populator::new(group, catalog, job_tx, ahead_tx);
     tracing::info!(
         "serving {} (store: {}, pid {})",
         tree.root().display(),

@@ -36,6 +36,9 @@ pub const FAN_MODIFY: u64 = libc::FAN_MODIFY;
 /// What the daemon marks on the filesystem, and what ignore marks silence.
 pub const WATCHED: u64 = FAN_PRE_ACCESS | FAN_MODIFY;
 
+/// Chunks read ahead of a sequential reader (at most 1 MiB each).
+pub const READ_AHEAD_CHUNKS: usize = 8;
+
 /// A chunk fill finished (or failed).
 #[derive(Debug)]
 pub struct FillDone {
@@ -57,6 +60,8 @@ pub struct Stats {
     pub chunks_filled: u64,
     /// Bytes of those chunks.
     pub bytes_filled: u64,
+    /// Chunks fetched ahead of a sequential reader (into memory only).
+    pub chunks_read_ahead: u64,
     /// Chunk fills that failed.
     pub fill_errors: u64,
     /// Ignore marks added to files that need no more events.
@@ -81,6 +86,10 @@ struct Stub {
     /// a file open, which would make `ebb release` find it busy.
     file: Option<Arc<File>>,
     fills_in_flight: usize,
+    /// Where the last access ended (a chunk index), to spot a sequential
+    /// reader, and how far chunks were read ahead for it.
+    last_access_end: usize,
+    read_ahead_to: usize,
 }
 
 /// A permission event read and not yet answered.
@@ -107,11 +116,17 @@ pub struct Populator {
     /// Stubs whose residency changed since it was last recorded.
     unrecorded: HashSet<FileId>,
     jobs: Sender<FillJob>,
+    read_ahead: Sender<ChunkRef>,
     stats: Stats,
 }
 
 impl Populator {
-    pub fn new(group: Group, catalog: Catalog, jobs: Sender<FillJob>) -> Populator {
+    pub fn new(
+        group: Group,
+        catalog: Catalog,
+        jobs: Sender<FillJob>,
+        read_ahead: Sender<ChunkRef>,
+    ) -> Populator {
         Populator {
             group,
             catalog,
@@ -122,6 +137,7 @@ impl Populator {
             fills: HashMap::new(),
             unrecorded: HashSet::new(),
             jobs,
+            read_ahead,
             stats: Stats::default(),
         }
     }
@@ -203,9 +219,15 @@ impl Populator {
             .get_mut(&stub)
             .expect("lookup returned a cached stub");
         let chunks = chunks_overlapping(&entry.manifest, start, start.saturating_add(count.max(1)));
-        let missing: Vec<usize> = entry.resident.missing_in(chunks).collect();
+        let sequential =
+            chunks.start <= entry.last_access_end && chunks.start + 1 >= entry.last_access_end;
+        entry.last_access_end = chunks.end;
+        let missing: Vec<usize> = entry.resident.missing_in(chunks.clone()).collect();
         if missing.is_empty() {
             self.respond(id, Response::Allow);
+            if sequential {
+                self.read_ahead_after(stub, chunks.end);
+            }
             return;
         }
         tracing::debug!(
@@ -241,6 +263,29 @@ impl Populator {
                 _fd: file,
             },
         );
+        if sequential {
+            self.read_ahead_after(stub, chunks.end);
+        }
+    }
+
+    /// A reader going through `stub` in order will want the chunks from
+    /// `next` on: have workers fetch a few into memory (after the fills
+    /// already queued, which go first).
+    fn read_ahead_after(&mut self, stub: FileId, next: usize) {
+        let Some(entry) = self.stubs.get_mut(&stub) else {
+            return;
+        };
+        let from = next.max(entry.read_ahead_to);
+        let to = (next + READ_AHEAD_CHUNKS).min(entry.manifest.len());
+        for index in from..to {
+            if !entry.resident.contains(index)
+                && !self.fills.contains_key(&(stub, index))
+                && self.read_ahead.try_send(entry.manifest[index]).is_ok()
+            {
+                self.stats.chunks_read_ahead += 1;
+            }
+        }
+        entry.read_ahead_to = entry.read_ahead_to.max(to);
     }
 
     fn on_modify(&mut self, file: &File) {
@@ -329,6 +374,8 @@ impl Populator {
                 write_lock: Arc::default(),
                 file: None,
                 fills_in_flight: 0,
+                last_access_end: 0,
+                read_ahead_to: 0,
             },
         );
         Ok(Some(id))
