@@ -8,6 +8,7 @@ pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod daemon;
+pub mod failover;
 pub mod hsm;
 pub mod store;
 pub mod sys;

@@ -176,9 +176,12 @@ impl FileRecord {
         }
     }
 
-    /// Whether the content may differ from the archived version.
+    /// Whether the content may differ from the archived version: a write
+    /// was seen, or size or mtime are not what ebb left. (Not the ctime:
+    /// ebb's own fills change it, and a fill cut short by a crash must not
+    /// make a file look rewritten.)
     pub fn is_modified(&self, stat: &StatSnap) -> bool {
-        self.modified || *stat != self.expected
+        self.modified || stat.size != self.expected.size || stat.mtime != self.expected.mtime
     }
 
     /// Bytes of the archived version that are on disk.

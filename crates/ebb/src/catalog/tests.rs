@@ -56,7 +56,7 @@ fn archive_then_release_then_populate_derives_each_state() {
     assert!(!rec.is_modified(&after));
     assert!(
         rec.is_modified(&stat(300, 12)),
-        "a ctime ebb did not leave means a change"
+        "an mtime ebb did not leave means a change"
     );
 
     let mut part = Residency::empty(3);

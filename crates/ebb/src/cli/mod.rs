@@ -87,6 +87,11 @@ enum Command {
         /// Detach, and return once the filesystem mark is in place.
         #[arg(long)]
         background: bool,
+        /// Take over from the daemon serving ROOT (e.g. after an upgrade):
+        /// it stops reading, answers what it read and exits; this one goes
+        /// on from there. No access is refused or lost.
+        #[arg(long)]
+        replace: bool,
         /// Threads that fetch and write chunks.
         #[arg(long, default_value_t = 4, value_name = "N")]
         workers: usize,
@@ -96,6 +101,14 @@ enum Command {
         /// Internal: the child of --background reports readiness on stdout.
         #[arg(long, hide = true)]
         notify_ready: bool,
+    },
+    /// Hold a daemon's kernel handles across its crashes (started by the
+    /// daemon itself; not for direct use).
+    #[command(hide = true)]
+    Keeper {
+        /// The socket to serve on.
+        #[arg(long)]
+        socket: PathBuf,
     },
     /// Measure ebb against a baseline taken in the same run.
     #[command(subcommand)]
@@ -160,16 +173,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Daemon {
             root,
             background,
+            replace,
             workers,
             json,
             notify_ready,
         } => {
             let tree = Tree::open(&root)?;
             if background {
-                start_background(&tree, workers, json)
+                start_background(&tree, workers, replace, json)
             } else {
-                serve(&tree, workers, notify_ready)
+                serve(&tree, workers, replace, notify_ready)
             }
+        }
+        Command::Keeper { socket } => {
+            crate::failover::keeper::keeper_main(&socket)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench(b) => bench::run(b),
     }
@@ -196,9 +214,10 @@ fn init(dir: &Path, store: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(tree: &Tree, workers: usize, notify_ready: bool) -> Result<ExitCode> {
+fn serve(tree: &Tree, workers: usize, replace: bool, notify_ready: bool) -> Result<ExitCode> {
     let opts = daemon::Options {
         workers,
+        replace,
         on_ready: notify_ready.then_some(daemon::announce_ready_on_stdout as fn()),
     };
     if notify_ready {
@@ -217,8 +236,8 @@ fn serve(tree: &Tree, workers: usize, notify_ready: bool) -> Result<ExitCode> {
 }
 
 /// Start `ebb daemon ROOT` detached and wait until it serves (or fails).
-fn start_background(tree: &Tree, workers: usize, json: bool) -> Result<ExitCode> {
-    if let Some(pid) = control::daemon_pid(tree)? {
+fn start_background(tree: &Tree, workers: usize, replace: bool, json: bool) -> Result<ExitCode> {
+    if let Some(pid) = control::daemon_pid(tree)?.filter(|_| !replace) {
         bail!(
             "an ebb daemon is already serving {} (pid {pid}); stop it first (kill {pid})",
             tree.root().display()
@@ -237,6 +256,7 @@ fn start_background(tree: &Tree, workers: usize, json: bool) -> Result<ExitCode>
         .arg("--workers")
         .arg(workers.to_string())
         .arg("--notify-ready")
+        .args(replace.then_some("--replace"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

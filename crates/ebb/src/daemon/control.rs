@@ -34,6 +34,9 @@ pub enum Request {
     Forget,
     /// Counters, for tests and benchmarks.
     Stats,
+    /// Stop reading events, answer those read, then exit leaving the group
+    /// with the keeper: a new daemon is taking over. Answered once done.
+    Handover,
 }
 
 /// The pid of the daemon serving `tree`, if one is.
@@ -129,9 +132,45 @@ fn call(
 /// released. Returns once the daemon has dropped its ignore mark.
 pub fn forget(tree: &Tree, file: &File) -> Result<()> {
     let Some(pid) = daemon_pid(tree)? else {
-        return Ok(());
+        return forget_in_kept_group(tree, file);
     };
     call(&connect(tree, pid)?, &Request::Forget, Some(file.as_fd()))?;
+    Ok(())
+}
+
+/// Ask the daemon serving `tree`, if any, to hand over (see
+/// [`Request::Handover`]) and wait until it has let go of the tree's lock.
+pub fn hand_over(tree: &Tree) -> Result<()> {
+    let Some(pid) = daemon_pid(tree)? else {
+        return Ok(());
+    };
+    call(&connect(tree, pid)?, &Request::Handover, None)
+        .with_context(|| format!("asking the daemon (pid {pid}) to hand over"))?;
+    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+    while daemon_pid(tree)?.is_some() {
+        if std::time::Instant::now() > deadline {
+            bail!("the daemon (pid {pid}) agreed to hand over but has not exited");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// With no daemon running, a keeper may still hold the group (the daemon
+/// crashed): its ignore mark on `file` must go all the same, or the stub
+/// would read as zeros once a daemon serves again.
+fn forget_in_kept_group(tree: &Tree, file: &File) -> Result<()> {
+    use crate::failover::keeper::{socket_path, KeeperClient};
+    let Some(keeper) = KeeperClient::connect(&socket_path(&tree.config().id))? else {
+        return Ok(());
+    };
+    for (name, fd) in keeper.get()? {
+        if name == "group" {
+            crate::sys::fanotify::Group::from_owned(fd)
+                .remove_ignore(file.as_fd(), super::WATCHED)
+                .context("removing the ignore mark in the kept group")?;
+        }
+    }
     Ok(())
 }
 

@@ -157,6 +157,7 @@ impl<W: Fn()> Worker<W> {
         let found_foreign =
             fill_chunk(&job.file, job.chunk.offset, &data, limit).context("writing the chunk")?;
         set_mtime(job.file.as_fd(), mtime).context("restoring the mtime after filling")?;
+        crate::failover::crash_point("after-fill");
         Ok((data.len() as u64, found_foreign))
     }
 }

@@ -33,7 +33,9 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::sys::fanotify::{EventBuffer, Group, InitOptions};
+use crate::failover::takeover;
+use crate::sys::fanotify::Group;
+use crate::sys::fdtable;
 use crate::tree::Tree;
 use control::{Incoming, Request};
 use populate::{FillDone, Populator, READ_AHEAD_CHUNKS};
@@ -45,6 +47,8 @@ pub struct Options {
     pub workers: usize,
     /// Called once the mark is in place and the daemon serves.
     pub on_ready: Option<fn()>,
+    /// Take over from a running daemon (upgrade) instead of refusing.
+    pub replace: bool,
 }
 
 impl Default for Options {
@@ -52,19 +56,42 @@ impl Default for Options {
         Options {
             workers: 4,
             on_ready: None,
+            replace: false,
         }
     }
 }
 
 /// Serve `tree` until SIGTERM or SIGINT.
 pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
+    // Signals arrive through a signalfd the loop polls; they are blocked
+    // first, before any thread starts, so every thread inherits the mask.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().context("blocking SIGTERM/SIGINT")?;
+    let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    if opts.replace {
+        control::hand_over(tree)?;
+    }
     let _lock = control::lock_daemon(tree)?;
-    let catalog = tree.catalog()?;
+    if let Err(e) = fdtable::raise_open_file_limit() {
+        tracing::warn!("raising the open-file limit: {e}");
+    }
+    // Before anything else opens a file: the numbers of events a previous
+    // daemon left unanswered must stay free (see failover::takeover).
+    let exe = std::env::current_exe().context("finding the ebb executable")?;
+    let kept = takeover::acquire(tree, &exe)?;
+    let reserved = takeover::reserve(&kept.pending)?;
+    let takeover::Kept {
+        keeper,
+        group,
+        mut table,
+        pending,
+        ..
+    } = kept;
+    let mut catalog = tree.catalog()?;
     catalog.count_files()?; // creates the WAL files, which are silenced below
     let store = tree.store()?;
-    let group = Group::new(InitOptions::pre_content()).context(
-        "fanotify_init(FAN_CLASS_PRE_CONTENT) failed: ebb needs root and Linux 6.14 or later",
-    )?;
     silence_own_files(&group, tree)?;
     group
         .mark_filesystem(tree.root(), WATCHED)
@@ -75,13 +102,19 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
             )
         })?;
 
-    // Signals arrive through a signalfd the loop polls; they are blocked
-    // before any thread starts, so every thread inherits the mask.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGINT);
-    signals.thread_block().context("blocking SIGTERM/SIGINT")?;
-    let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    if !pending.is_empty() {
+        let started = std::time::Instant::now();
+        let done = takeover::redrive(tree, &mut catalog, &store, &group, &mut table, pending)?;
+        tracing::info!(
+            "took over: {} event(s) redriven ({} found through /proc, {} denied) in {:?}",
+            done.events,
+            done.found_by_pid,
+            done.denied,
+            started.elapsed()
+        );
+    }
+    drop(reserved);
+
     let wake = Arc::new(EventFd::from_value_and_flags(
         0,
         EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
@@ -127,7 +160,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
             })
         })?;
 
-    let mut populator = Populator::new(group, catalog, job_tx, ahead_tx);
+    let mut populator = Populator::new(group, table, catalog, job_tx, ahead_tx);
     tracing::info!(
         "serving {} (store: {}, pid {})",
         tree.root().display(),
@@ -139,8 +172,29 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     }
     let result = event_loop(tree, &mut populator, &sigfd, &wake, &done_rx, &ctl_rx);
     let _ = std::fs::remove_file(&socket);
+    match &result {
+        // A clean stop: nothing is pending, so the group may close; the
+        // keeper has nothing left to keep.
+        Ok(Stopped::Clean) => {
+            if let Err(e) = keeper.stop() {
+                tracing::warn!("stopping the keeper: {e:#}");
+            }
+        }
+        // The next daemon takes the group from the keeper.
+        Ok(Stopped::HandedOver) => tracing::info!("handed over to the next daemon"),
+        Err(_) => {}
+    }
     tracing::info!("stopped; counters: {:?}", populator.stats());
-    result
+    result.map(|_| ())
+}
+
+/// How the loop ended.
+enum Stopped {
+    /// SIGTERM/SIGINT: mark removed, every event answered.
+    Clean,
+    /// `--replace`: stopped reading, answered what it had read; the queue
+    /// and the group stay for the next daemon.
+    HandedOver,
 }
 
 /// Put non-evictable ignore marks on the files in `.ebb/`: the daemon reads
@@ -167,19 +221,26 @@ fn event_loop(
     wake: &EventFd,
     done: &Receiver<FillDone>,
     control: &Receiver<Incoming>,
-) -> Result<()> {
-    let mut buf = EventBuffer::default();
+) -> Result<Stopped> {
     let mut stopping = false;
+    let mut handover: Option<crossbeam_channel::Sender<Result<serde_json::Value, String>>> = None;
     loop {
-        let mut fds = [
-            PollFd::new(populator.group().as_fd(), PollFlags::POLLIN),
+        // While handing over, nothing new is read: the queue is the next
+        // daemon's. While the in-flight table is full, reading waits for
+        // answers (the kernel queues meanwhile).
+        let read = handover.is_none() && populator.can_read();
+        let mut fds = vec![
             PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
             PollFd::new(wake.as_fd(), PollFlags::POLLIN),
         ];
+        if read {
+            fds.push(PollFd::new(populator.group().as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e).context("poll"),
         }
+        drop(fds);
         if let Ok(Some(sig)) = sigfd.read_signal() {
             if !stopping {
                 tracing::info!(
@@ -193,13 +254,13 @@ fn event_loop(
                 }
             }
         }
-        let events = populator
-            .group()
-            .read_events(&mut buf)
-            .context("reading fanotify events")?;
-        let queue_empty = events.is_empty();
-        for event in events {
-            populator.on_event(event);
+        let mut queue_empty = true;
+        if read {
+            let events = populator.read_events().context("reading fanotify events")?;
+            queue_empty = events.is_empty();
+            for event in events {
+                populator.on_event(event);
+            }
         }
         let _ = wake.read(); // reset; EAGAIN when nothing poked
         loop {
@@ -210,11 +271,22 @@ fn event_loop(
             }
         }
         while let Ok(incoming) = control.try_recv() {
-            serve_request(populator, incoming);
+            if let Request::Handover = incoming.request {
+                tracing::info!("handing over: no more reads; finishing what was read");
+                handover = Some(incoming.reply);
+            } else {
+                serve_request(populator, incoming);
+            }
         }
         populator.settle();
-        if stopping && queue_empty && populator.is_idle() {
-            return Ok(());
+        if populator.is_idle() {
+            if let Some(reply) = handover.take() {
+                let _ = reply.send(Ok(serde_json::json!({})));
+                return Ok(Stopped::HandedOver);
+            }
+            if stopping && queue_empty {
+                return Ok(Stopped::Clean);
+            }
         }
     }
 }
@@ -229,6 +301,7 @@ fn serve_request(populator: &mut Populator, incoming: Incoming) {
             None => Err("forget needs the file's fd attached".to_string()),
         },
         Request::Stats => serde_json::to_value(populator.stats()).map_err(|e| e.to_string()),
+        Request::Handover => Err("handover is answered by the loop".to_string()),
     };
     let _ = incoming.reply.send(reply);
 }

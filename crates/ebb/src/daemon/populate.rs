@@ -27,6 +27,7 @@ use crossbeam_channel::Sender;
 
 use super::fill::FillJob;
 use crate::catalog::{Catalog, FileId, FileRecord, Residency, StatSnap};
+use crate::failover::inflight::InflightTable;
 use crate::store::{chunks_overlapping, ChunkRef};
 use crate::sys::fanotify::{Event, EventId, Group, Response, FAN_PRE_ACCESS};
 use crate::sys::handle::{handle_of, FileHandle};
@@ -106,6 +107,9 @@ struct Waiting {
 /// The daemon's loop state.
 pub struct Populator {
     group: Group,
+    /// Every permission event read and not answered, in shared memory the
+    /// keeper holds (see `failover::inflight`).
+    table: InflightTable,
     catalog: Catalog,
     own_pid: i32,
     stubs: HashMap<FileId, Stub>,
@@ -123,12 +127,14 @@ pub struct Populator {
 impl Populator {
     pub fn new(
         group: Group,
+        table: InflightTable,
         catalog: Catalog,
         jobs: Sender<FillJob>,
         read_ahead: Sender<ChunkRef>,
     ) -> Populator {
         Populator {
             group,
+            table,
             catalog,
             own_pid: i32::try_from(std::process::id()).unwrap_or(-1),
             stubs: HashMap::new(),
@@ -144,6 +150,20 @@ impl Populator {
 
     pub fn group(&self) -> &Group {
         &self.group
+    }
+
+    /// Whether the in-flight table has room for another read.
+    pub fn can_read(&self) -> bool {
+        self.table.has_free_slot()
+    }
+
+    /// Read the events that are ready, straight into the in-flight table.
+    pub fn read_events(&mut self) -> std::io::Result<Vec<Event>> {
+        let events = self.table.read(&self.group)?.unwrap_or_default();
+        if events.iter().any(Event::is_permission) {
+            crate::failover::crash_point("after-read");
+        }
+        Ok(events)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -175,9 +195,11 @@ impl Populator {
             Response::Allow => self.stats.allowed += 1,
             _ => self.stats.denied += 1,
         }
+        crate::failover::crash_point("before-answer");
         if let Err(e) = self.group.respond(id, response) {
             tracing::error!("answering event {}: {e}", id.0);
         }
+        self.table.answered(id.0);
     }
 
     fn ignore(&mut self, file: &File) {
@@ -339,6 +361,8 @@ impl Populator {
     /// `None` if the file needs no service (unmanaged or fully resident).
     fn lookup(&mut self, file: &File) -> Result<Option<FileId>> {
         let (handle, _) = handle_of(file.as_fd()).context("name_to_handle_at on an event fd")?;
+        // Which file, for a daemon that takes over if this one dies now.
+        self.table.record_handle(EventId::of(file).0, &handle);
         if let Some(&id) = self.by_handle.get(&handle) {
             return Ok(Some(id));
         }

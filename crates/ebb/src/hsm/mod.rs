@@ -11,7 +11,7 @@ mod status;
 
 pub use archive::{archive, ArchiveOutcome};
 pub use release::{release, ReleaseOutcome};
-pub use restore::{fill_chunk, restore, RestoreOutcome};
+pub use restore::{fill_chunk, fill_range, restore, RestoreOutcome};
 pub use status::{status, FileStatus};
 
 use std::fs::File;

@@ -19,7 +19,7 @@ use super::exclusive::{Exclusive, ExclusiveError};
 use super::{identity_of, managed_path, Progress};
 use crate::catalog::{Catalog, FileRecord, StatSnap};
 use crate::daemon::control;
-use crate::store::Store;
+use crate::store::{chunks_overlapping, Store};
 use crate::sys::file::{seek_data, seek_hole, set_mtime};
 use crate::tree::Tree;
 
@@ -147,25 +147,45 @@ fn fill_exclusively(
     let mut rec = catalog
         .file_by_handle(&identity.handle)?
         .context("the file left the catalog while it was restored")?;
+    fill_range(catalog, store, file, &mut rec, 0, u64::MAX, progress)
+        .with_context(|| format!("filling {}", path.display()))?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Fill the chunks of `rec` that cover `[start, start + count)` and are
+/// not resident, through `file` (an fd that raises no events, held so that
+/// nobody else writes meanwhile), put the mtime back and record it all.
+/// Changes someone else made are kept and recorded (see [`fill_chunk`]).
+pub fn fill_range(
+    catalog: &mut Catalog,
+    store: &Store,
+    file: &File,
+    rec: &mut FileRecord,
+    start: u64,
+    count: u64,
+    progress: &dyn Progress,
+) -> Result<()> {
     let before = StatSnap::of(&file.metadata()?);
-    catalog.note_changes(&mut rec, &before)?;
-    let missing: Vec<usize> = rec.resident.missing_in(0..rec.resident.len()).collect();
+    catalog.note_changes(rec, &before)?;
+    let chunks = chunks_overlapping(
+        &rec.version.manifest,
+        start,
+        start.saturating_add(count.max(1)),
+    );
+    let missing: Vec<usize> = rec.resident.missing_in(chunks).collect();
     let mut found_foreign = false;
     for i in missing {
         let chunk = rec.version.manifest[i];
         let data = store
             .get_chunk(&chunk.hash, chunk.len)
-            .with_context(|| format!("fetching chunk {i} of {}", path.display()))?;
-        if fill_chunk(file, chunk.offset, &data, rec.valid_len)
-            .with_context(|| format!("writing chunk {i} of {}", path.display()))?
-        {
-            found_foreign = true;
-        }
+            .with_context(|| format!("fetching chunk {i}"))?;
+        found_foreign |= fill_chunk(file, chunk.offset, &data, rec.valid_len)
+            .with_context(|| format!("writing chunk {i}"))?;
         rec.resident.insert(i);
         progress.advance(u64::from(chunk.len));
     }
     set_mtime(file.as_fd(), before.mtime).context("restoring the mtime")?;
-    file.sync_all()?;
     catalog.set_residency(rec.id, &rec.resident, &StatSnap::of(&file.metadata()?))?;
     if found_foreign {
         catalog.mark_modified(rec.id, rec.valid_len)?;

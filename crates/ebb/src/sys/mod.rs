@@ -12,6 +12,8 @@
 #![allow(unsafe_code)]
 
 pub mod fanotify;
+pub mod fdtable;
 pub mod file;
 pub mod handle;
+pub mod shm;
 pub mod socket;

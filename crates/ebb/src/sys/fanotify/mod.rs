@@ -128,9 +128,7 @@ impl Event {
 
     /// Whether the event asks for a response.
     pub fn is_permission(&self) -> bool {
-        self.mask
-            & (FAN_PRE_ACCESS | FAN_OPEN_PERM | libc::FAN_ACCESS_PERM | libc::FAN_OPEN_EXEC_PERM)
-            != 0
+        is_permission(self.mask)
     }
 }
 
@@ -286,7 +284,33 @@ impl Group {
             return Err(err);
         }
         let n = usize::try_from(n).unwrap_or(0);
-        parse_events(&bytes[..n])
+        take_events(&bytes[..n])
+    }
+
+    /// Like [`Group::read_events`], but the kernel writes the events into
+    /// `buf` (8-byte aligned, e.g. a slot of a shared-memory table), where
+    /// their fd numbers stay readable after this process dies. The unused
+    /// tail of `buf` is zeroed first so [`parse_records`] knows where the
+    /// events end even if the read's return value is lost.
+    pub fn read_into(&self, buf: &mut [u8]) -> io::Result<Vec<Event>> {
+        if buf.as_ptr().align_offset(8) != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "unaligned event buffer",
+            ));
+        }
+        buf.fill(0);
+        // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                return Ok(Vec::new());
+            }
+            return Err(err);
+        }
+        let n = usize::try_from(n).unwrap_or(0);
+        take_events(&buf[..n])
     }
 
     /// Answer the permission event numbered `id` (`struct
@@ -351,49 +375,80 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_ne_bytes(a)
 }
 
-/// Parse a buffer filled by `read(2)` on a group. Every fd in it is taken
-/// into an `OwnedFd`, even when a later record is malformed, so none leaks.
-fn parse_events(mut b: &[u8]) -> io::Result<Vec<Event>> {
-    let mut events = Vec::new();
-    let mut bad = None;
+/// One event as the kernel wrote it, fd as a plain number: what a buffer
+/// filled by a daemon that has since died still tells (see
+/// [`parse_records`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub mask: u64,
+    /// The event's fd number in the reading process, or negative.
+    pub fd: i32,
+    pub pid: i32,
+    pub range: Option<(u64, u64)>,
+}
+
+impl Record {
+    /// Whether the event asks for a response.
+    pub fn is_permission(&self) -> bool {
+        is_permission(self.mask)
+    }
+}
+
+fn is_permission(mask: u64) -> bool {
+    mask & (FAN_PRE_ACCESS | FAN_OPEN_PERM | libc::FAN_ACCESS_PERM | libc::FAN_OPEN_EXEC_PERM) != 0
+}
+
+/// Parse the events in a buffer filled by `read(2)` on a group, stopping
+/// at the first record that is not a whole, well-formed event (a buffer
+/// zeroed before the read ends there). Returns the error that stopped it,
+/// if the stop was not at the end or at zeros.
+pub fn parse_records(mut b: &[u8]) -> (Vec<Record>, Option<&'static str>) {
+    let mut records = Vec::new();
     while b.len() >= METADATA_LEN {
         let event_len = u32_at(b, 0) as usize;
-        let vers = b[4];
+        if event_len == 0 {
+            return (records, None);
+        }
         let metadata_len = u16_at(b, 6) as usize;
         if event_len < METADATA_LEN || event_len > b.len() || metadata_len < METADATA_LEN {
-            bad = Some("fanotify event length out of bounds");
-            break;
+            return (records, Some("fanotify event length out of bounds"));
         }
-        let mask = u64_at(b, 8);
-        let fd = u32_at(b, 16) as i32;
-        let pid = u32_at(b, 20) as i32;
-        let file = if fd >= 0 {
-            // SAFETY: the kernel installed this fd in our table for this
-            // event and nobody else owns it; we take it exactly once.
-            Some(unsafe { OwnedFd::from_raw_fd(fd) })
-        } else {
-            None
-        };
-        if vers != FANOTIFY_METADATA_VERSION {
-            bad = Some("unknown fanotify metadata version");
+        if b[4] != FANOTIFY_METADATA_VERSION {
+            return (records, Some("unknown fanotify metadata version"));
         }
-        let range = parse_range(&b[metadata_len.min(event_len)..event_len]);
-        events.push(Event {
-            mask,
-            file,
-            pid,
-            range,
+        records.push(Record {
+            mask: u64_at(b, 8),
+            fd: u32_at(b, 16) as i32,
+            pid: u32_at(b, 20) as i32,
+            range: parse_range(&b[metadata_len.min(event_len)..event_len]),
         });
         b = &b[event_len..];
     }
-    match bad {
-        Some(msg) if events.is_empty() => Err(io::Error::new(io::ErrorKind::InvalidData, msg)),
-        Some(msg) => {
-            tracing::error!("{msg}; the events before it are kept");
-            Ok(events)
+    (records, None)
+}
+
+/// Parse a buffer just filled by `read(2)` on a group in this process and
+/// take every fd in it into an `OwnedFd`, exactly once, so none leaks.
+fn take_events(b: &[u8]) -> io::Result<Vec<Event>> {
+    let (records, bad) = parse_records(b);
+    if let Some(msg) = bad {
+        if records.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
         }
-        None => Ok(events),
+        tracing::error!("{msg}; the events before it are kept");
     }
+    Ok(records
+        .into_iter()
+        .map(|r| Event {
+            mask: r.mask,
+            // SAFETY: the kernel installed this fd in our table for this
+            // event during the read that filled `b`, and nobody else owns
+            // it; callers pass each freshly read buffer here exactly once.
+            file: (r.fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r.fd) }),
+            pid: r.pid,
+            range: r.range,
+        })
+        .collect())
 }
 
 /// Find the range record (`struct fanotify_event_info_range`: header, u32

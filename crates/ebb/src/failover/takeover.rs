@@ -1,0 +1,215 @@
+//! Takeover: what a starting daemon does before it reads a new event.
+//!
+//! 1. Take the group and the in-flight table back from the keeper (or make
+//!    both and hand them to it), moving their fds above the numbers a dead
+//!    daemon's events may hold.
+//! 2. Reserve the fd number of every event the table says is unanswered,
+//!    so the kernel cannot give one to a new event while the old one waits
+//!    (answers are matched by number only).
+//! 3. Finish each: fill the range from the store into the file, then
+//!    answer with the recorded number. The file is the one whose handle the
+//!    dead daemon noted; if it died before noting it, the candidates are
+//!    the files the blocked process has open or mapped (`/proc/PID/fd`,
+//!    `/proc/PID/maps`), and the range is filled in every candidate that is
+//!    a stub: filling more than needed is harmless, allowing a read of an
+//!    unfilled range is not.
+//! 4. Release the reserved numbers.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::inflight::{InflightTable, Pending};
+use super::keeper::KeeperClient;
+use crate::catalog::Catalog;
+use crate::hsm::{fill_range, NoProgress};
+use crate::store::Store;
+use crate::sys::fanotify::{self, EventId, Group, InitOptions, Response};
+use crate::sys::fdtable;
+use crate::sys::handle::{handle_of, open_by_handle};
+use crate::sys::shm::SharedMemory;
+use crate::tree::Tree;
+
+/// Fds kept by the keeper are moved at or above this number, clear of
+/// the numbers events get (the lowest free ones).
+const KEPT_FDS_FROM: i32 = 512;
+
+/// What a starting daemon works with.
+pub struct Kept {
+    pub keeper: KeeperClient,
+    pub group: Group,
+    pub table: InflightTable,
+    /// Events a previous daemon left unanswered.
+    pub pending: Vec<Pending>,
+    /// Whether the group is new (no previous daemon's marks in it).
+    pub fresh: bool,
+}
+
+/// Step 1: the keeper's group and table, or new ones handed to it.
+pub fn acquire(tree: &Tree, exe: &Path) -> Result<Kept> {
+    let socket = super::keeper::socket_path(&tree.config().id);
+    let keeper = match KeeperClient::connect(&socket)? {
+        Some(k) => k,
+        // The keeper's log is outside the tree: an open file in it would
+        // keep the tree's filesystem from being unmounted.
+        None => KeeperClient::spawn(exe, &socket, &socket.with_extension("log"))
+            .context("starting the keeper")?,
+    };
+    let mut group = None;
+    let mut table = None;
+    for (name, fd) in keeper.get().context("taking the kept fds back")? {
+        let fd = fdtable::move_above(fd, KEPT_FDS_FROM)?;
+        match name.as_str() {
+            "group" => group = Some(fd),
+            "inflight" => table = Some(fd),
+            other => tracing::warn!("the keeper holds an fd named {other:?}; ignored"),
+        }
+    }
+    if let (Some(group), Some(table)) = (group, table) {
+        let (table, pending) = InflightTable::open(SharedMemory::map(table)?)?;
+        tracing::info!(
+            "took the group back from the keeper (pid {}); {} event(s) left unanswered",
+            keeper.pid().unwrap_or(0),
+            pending.len()
+        );
+        return Ok(Kept {
+            keeper,
+            group: Group::from_owned(group),
+            table,
+            pending,
+            fresh: false,
+        });
+    }
+    let group = Group::new(InitOptions::pre_content()).context(
+        "fanotify_init(FAN_CLASS_PRE_CONTENT) failed: ebb needs root and Linux 6.14 or later",
+    )?;
+    let group = Group::from_owned(fdtable::move_above(group.into_owned(), KEPT_FDS_FROM)?);
+    let table = InflightTable::create()?;
+    keeper
+        .put(&[("group", group.as_fd()), ("inflight", table.fd())])
+        .context("handing the group to the keeper")?;
+    Ok(Kept {
+        keeper,
+        group,
+        table,
+        pending: Vec::new(),
+        fresh: true,
+    })
+}
+
+/// Step 2: hold the numbers of the pending events.
+pub fn reserve(pending: &[Pending]) -> Result<Vec<OwnedFd>> {
+    let mut held = Vec::new();
+    for p in pending {
+        match fdtable::reserve(p.fd)? {
+            Some(fd) => held.push(fd),
+            // Ours already: no new event can get it either.
+            None => tracing::debug!("fd {} of a pending event is open here already", p.fd),
+        }
+    }
+    Ok(held)
+}
+
+/// What redriving did, for the log and `ebb bench failover`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Redriven {
+    /// Events answered.
+    pub events: usize,
+    /// Of those, served through files found in /proc (no handle noted).
+    pub found_by_pid: usize,
+    /// Answered with EIO because their range could not be filled.
+    pub denied: usize,
+}
+
+/// Step 3: finish every pending event.
+pub fn redrive(
+    tree: &Tree,
+    catalog: &mut Catalog,
+    store: &Store,
+    group: &Group,
+    table: &mut InflightTable,
+    pending: Vec<Pending>,
+) -> Result<Redriven> {
+    let root = File::open(tree.root()).context("opening the tree root")?;
+    let mut done = Redriven::default();
+    for p in pending {
+        let (start, count) = p.range.unwrap_or((0, u64::MAX));
+        let files = match &p.handle {
+            Some(h) => open_by_handle(root.as_fd(), h, libc::O_RDONLY)
+                .map(|fd| vec![File::from(fd)])
+                .unwrap_or_default(),
+            None => {
+                done.found_by_pid += 1;
+                files_of_process(p.pid)
+            }
+        };
+        let mut response = Response::Allow;
+        for file in files {
+            if let Err(e) = fill_if_stub(catalog, store, &file, start, count) {
+                tracing::error!(
+                    "redriving event {} of pid {}: {e:#}; the reader gets EIO",
+                    p.fd,
+                    p.pid
+                );
+                response = Response::DenyErrno(libc::EIO);
+            }
+        }
+        if let Err(e) = group.respond(EventId(p.fd), response) {
+            // ENOENT: the reader was killed meanwhile, or the dead daemon
+            // answered just before dying. Either way nobody waits on it.
+            tracing::debug!("answering redriven event {}: {e}", p.fd);
+        }
+        table.answered(p.fd);
+        done.events += 1;
+        if response != Response::Allow {
+            done.denied += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// Fill `[start, start + count)` of `file` if the catalog has it as a
+/// stub; do nothing for any other file.
+fn fill_if_stub(
+    catalog: &mut Catalog,
+    store: &Store,
+    file: &File,
+    start: u64,
+    count: u64,
+) -> Result<()> {
+    let (handle, _) = handle_of(file.as_fd())?;
+    let Some(mut rec) = catalog.file_by_handle(&handle)? else {
+        return Ok(());
+    };
+    if rec.resident.is_complete() {
+        return Ok(());
+    }
+    let quiet = File::from(fanotify::reopen_nonotify(file.as_fd(), libc::O_RDWR)?);
+    fill_range(catalog, store, &quiet, &mut rec, start, count, &NoProgress)
+}
+
+/// The regular files process `pid` has open or mapped.
+fn files_of_process(pid: i32) -> Vec<File> {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        paths.extend(fds.flatten().map(|e| e.path()));
+    }
+    if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+        // Each mapping is reachable as /proc/PID/map_files/START-END.
+        for line in maps.lines() {
+            if let Some(range) = line.split_whitespace().next() {
+                if line.contains('/') {
+                    paths.push(PathBuf::from(format!("/proc/{pid}/map_files/{range}")));
+                }
+            }
+        }
+    }
+    // Checked before opening: opening a FIFO would block.
+    paths
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+        .filter_map(|p| File::open(p).ok())
+        .collect()
+}
