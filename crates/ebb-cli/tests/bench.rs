@@ -50,3 +50,48 @@ fn bench_populate_runs_small_and_reports_every_figure() {
         "16 MiB is at least 16 chunks of ≤1 MiB"
     );
 }
+
+/// The failover stress test (issue "Failover", requirement 6) at a small
+/// size: readers of released files while the daemon is SIGKILLed every
+/// 100 ms or aborts at a crash point inside event handling, and is
+/// restarted. Every read must be exact, none may fail, and all readers must
+/// be done soon after the last restart.
+#[test]
+fn bench_failover_no_reader_sees_an_error_or_a_wrong_byte() {
+    ebb::require_root!();
+    let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args([
+            "bench",
+            "failover",
+            "--files",
+            "16",
+            "--file-size",
+            "1MiB",
+            "--seconds",
+            "6",
+            "--json",
+        ])
+        .output()
+        .expect("run ebb bench failover");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}); stderr: {stderr}"));
+    println!("{report:#}");
+    assert_eq!(report["errors"], 0, "{report:#}");
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let restarts = report["kills"].as_u64().unwrap() + report["crash_points"].as_u64().unwrap();
+    assert!(
+        restarts >= 10,
+        "the daemon was restarted only {restarts} times: {report:#}"
+    );
+    assert!(
+        report["reads_checked"].as_u64().unwrap() > 100,
+        "{report:#}"
+    );
+    // "No reader blocked after the last restart": each read has a 60 s
+    // timeout of its own; this bounds the wait for all of them.
+    assert!(
+        report["final_drain_ms"].as_f64().unwrap() < 60_000.0,
+        "{report:#}"
+    );
+}

@@ -1,6 +1,7 @@
 //! Benchmarks that measure ebb against a baseline taken in the same run,
 //! on a loop-mounted XFS made for the purpose (`ebb bench …`).
 
+pub mod failover;
 pub mod populate;
 
 use std::fs::File;

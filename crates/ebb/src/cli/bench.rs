@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
-use crate::bench::{self, populate};
+use crate::bench::{self, failover, populate};
 
 #[derive(Subcommand, Debug)]
 pub enum Bench {
@@ -32,10 +32,67 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Readers of released files while the daemon is killed again and
+    /// again; fails (exit 1) if any read was wrong, failed or stayed blocked.
+    ///
+    /// Makes a loop-mounted XFS under /var/tmp (needs root, xfsprogs and
+    /// python3), FILES released files of random content, READERS readers
+    /// (pread at random offsets and sizes, sha256sum, mmap) checking every
+    /// byte, and SIGKILLs the daemon every KILL_EVERY_MS (three times in ten
+    /// it starts it with a crash point inside event handling instead) and
+    /// starts it again. Reports the takeover time (kill to serving again,
+    /// predecessor's events answered) and the events redriven.
+    Failover {
+        #[arg(long, default_value_t = 64)]
+        files: usize,
+        /// Size of each file, e.g. 4MiB.
+        #[arg(long, default_value = "4MiB", value_parser = bench::parse_size)]
+        file_size: u64,
+        #[arg(long, default_value_t = 8)]
+        readers: usize,
+        /// How long to keep killing, in seconds.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Time between kills, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        kill_every_ms: u64,
+        /// Print the figures as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(which: Bench) -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("finding the ebb executable")?;
     match which {
+        Bench::Failover {
+            files,
+            file_size,
+            readers,
+            seconds,
+            kill_every_ms,
+            json,
+        } => {
+            let opts = failover::Options {
+                files,
+                file_size,
+                readers,
+                duration: std::time::Duration::from_secs_f64(seconds),
+                kill_every: std::time::Duration::from_millis(kill_every_ms),
+                exe,
+            };
+            let r = failover::run(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print_failover(&r);
+            }
+            Ok(if r.errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Bench::Populate {
             size,
             random_reads,
@@ -46,7 +103,7 @@ pub fn run(which: Bench) -> Result<ExitCode> {
                 size,
                 random_reads,
                 repeats,
-                exe: std::env::current_exe().context("finding the ebb executable")?,
+                exe,
             };
             let r = populate::run(&opts)?;
             if json {
@@ -96,5 +153,36 @@ fn print_populate(r: &populate::Report) {
         r.random_resident_p99_us,
         r.random_released_p50_us,
         r.random_released_p99_us
+    );
+}
+
+fn print_failover(r: &failover::Report) {
+    println!(
+        "failover: {} released files of {} KiB, {} readers",
+        r.files,
+        r.file_size >> 10,
+        r.readers
+    );
+    println!(
+        "  daemon killed {} times (SIGKILL) and {} times at a crash point",
+        r.kills, r.crash_points
+    );
+    println!(
+        "  reads checked {} ({} MiB); errors {}",
+        r.reads_checked,
+        r.bytes_checked >> 20,
+        r.errors
+    );
+    for e in &r.error_samples {
+        println!("    {e}");
+    }
+    println!("  events redriven by a restarted daemon: {}", r.redriven);
+    println!(
+        "  takeover (kill to serving again): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        r.takeover_p50_ms, r.takeover_p99_ms, r.takeover_max_ms
+    );
+    println!(
+        "  readers done {:.0} ms after the last restart",
+        r.final_drain_ms
     );
 }

@@ -53,11 +53,26 @@ pub fn daemon_pid(tree: &Tree) -> Result<Option<u32>> {
             let mut text = String::new();
             file.read_to_string(&mut text)?;
             // A daemon between taking the lock and writing its pid: 0.
-            Ok(Some(text.trim().parse().unwrap_or(0)))
+            let pid: u32 = text.trim().parse().unwrap_or(0);
+            // A killed daemon's lock is let go a moment after it died (the
+            // kernel closes a dying process's files from a workqueue): it
+            // serves nothing any more.
+            Ok((pid == 0 || is_running(pid)).then_some(pid))
         }
         Err((_, e)) => Err(e).with_context(|| format!("checking the lock {}", path.display())),
     }
 }
+
+/// Whether process `pid` exists and is not a zombie.
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// How long a starting daemon waits for a dead one's lock to be let go.
+const DEAD_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// The lock a running daemon holds.
 pub struct DaemonLock {
@@ -74,16 +89,30 @@ pub fn lock_daemon(tree: &Tree) -> Result<DaemonLock> {
         .truncate(false)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(f) => f,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-            let pid = daemon_pid(tree)?.unwrap_or(0);
-            bail!(
-                "an ebb daemon is already serving {} (pid {pid}); stop it first (kill {pid})",
-                tree.root().display()
-            );
+    let deadline = std::time::Instant::now() + DEAD_LOCK_WAIT;
+    let mut file = file;
+    let mut file = loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(f) => break f,
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
+                if let Some(pid) = daemon_pid(tree)? {
+                    bail!(
+                        "an ebb daemon is already serving {} (pid {pid}); stop it first (kill {pid}), or take over with --replace",
+                        tree.root().display()
+                    );
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!(
+                        "the lock {} is still held {} s after its daemon died; is another process holding it?",
+                        path.display(),
+                        DEAD_LOCK_WAIT.as_secs()
+                    );
+                }
+                file = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
         }
-        Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
     };
     file.set_len(0)?;
     writeln!(&mut *file, "{}", std::process::id())?;

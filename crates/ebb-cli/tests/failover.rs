@@ -1,0 +1,596 @@
+//! End to end: failover. The daemon is killed (SIGKILL, or aborted at a
+//! chosen point of its event handling through `EBB_TEST_CRASH`) or
+//! replaced (`--replace`) while real processes read released files; the
+//! keeper holds the group meanwhile, readers wait, and every one of them
+//! gets the exact bytes once a daemon serves again.
+//!
+//! Every daemon and keeper started here is gone at the end of each test,
+//! even when it fails: [`Fix`] stops the daemons it knows of and then the
+//! tree's keeper (a SIGKILLed daemon leaves its keeper running).
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ebb::failover::keeper::{socket_path, KeeperClient};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const MIB: usize = 1 << 20;
+
+/// How long a daemon may take to die after SIGKILL or a crash point.
+const DIE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A managed tree whose daemons (started through [`Fix::start`], with or
+/// without a crash point) and keeper are stopped when it is dropped.
+struct Fix {
+    daemons: Mutex<Vec<i32>>,
+    id: String,
+    env: Env,
+}
+
+impl Fix {
+    fn new(size_mib: u64) -> Fix {
+        let env = Env::new(size_mib);
+        let config = std::fs::read_to_string(env.root.join(".ebb/config.json"))
+            .expect("reading .ebb/config.json");
+        let config: serde_json::Value = serde_json::from_str(&config).expect("config.json");
+        let id = config["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id in config.json: {config}"))
+            .to_string();
+        Fix {
+            daemons: Mutex::new(Vec::new()),
+            id,
+            env,
+        }
+    }
+
+    /// `[EBB_TEST_CRASH=crash] ebb daemon ROOT --background [--replace]`;
+    /// returns the pid it printed, which serves.
+    fn start_with(&self, crash: Option<&str>, replace: bool) -> i32 {
+        let mut cmd = Command::new(EBB);
+        cmd.arg("daemon")
+            .arg(&self.env.root)
+            .arg("--background")
+            .args(replace.then_some("--replace"))
+            .stdin(Stdio::null())
+            .env_remove("EBB_LOG");
+        match crash {
+            Some(point) => cmd.env("EBB_TEST_CRASH", point),
+            None => cmd.env_remove("EBB_TEST_CRASH"),
+        };
+        if let Ok(level) = std::env::var("EBB_TEST_DAEMON_LOG") {
+            cmd.env("EBB_LOG", level);
+        }
+        let run = run_cmd(&mut cmd, COMMAND_TIMEOUT);
+        // Whatever it said, a daemon may be running: record it first.
+        if let Some(pid) = self.pid_file().filter(|&p| alive(p)) {
+            let mut daemons = self.daemons.lock().unwrap_or_else(|p| p.into_inner());
+            if !daemons.contains(&pid) {
+                daemons.push(pid);
+            }
+        }
+        let run = run.ok();
+        let out = run.out();
+        assert!(
+            out.contains("ebb daemon serving"),
+            "unexpected output of ebb daemon --background: {out:?}"
+        );
+        let printed: i32 = out
+            .split("(pid ")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {out:?}"));
+        assert_eq!(Some(printed), self.pid_file(), "printed pid vs. daemon.pid");
+        assert!(alive(printed), "daemon {printed} is not running");
+        printed
+    }
+
+    fn start(&self) -> i32 {
+        self.start_with(None, false)
+    }
+
+    /// The pid in `.ebb/daemon.pid` (a dead daemon's too).
+    fn pid_file(&self) -> Option<i32> {
+        std::fs::read_to_string(self.env.root.join(".ebb/daemon.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .filter(|&p| p > 0)
+    }
+
+    /// Whether `pid` is a live `ebb daemon` of this tree (not a process
+    /// that got the number of a dead one).
+    fn is_our_daemon(&self, pid: i32) -> bool {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let root = self.env.root.as_os_str().as_encoded_bytes();
+        alive(pid) && args.contains(&b"daemon".as_slice()) && args.contains(&root)
+    }
+
+    /// SIGTERM `pid` and wait; panics unless it went on SIGTERM alone.
+    fn stop(&self, pid: i32) {
+        assert!(
+            terminate(pid, Duration::from_secs(30)),
+            "daemon {pid} needed SIGKILL; log:\n{}",
+            self.env.log()
+        );
+    }
+
+    fn keeper_socket(&self) -> PathBuf {
+        socket_path(&self.id)
+    }
+
+    /// The pid of the tree's keeper, if one runs.
+    fn keeper_pid(&self) -> Option<i32> {
+        let mut lock = self.keeper_socket().into_os_string();
+        lock.push(".lock");
+        let pid: i32 = std::fs::read_to_string(&lock).ok()?.trim().parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let is_ours = args.contains(&b"keeper".as_slice())
+            && args
+                .iter()
+                .any(|a| String::from_utf8_lossy(a).contains(&self.id));
+        (alive(pid) && is_ours).then_some(pid)
+    }
+
+    /// Wait (at most `timeout`) until no keeper runs for the tree.
+    fn keeper_gone_within(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.keeper_pid().is_none() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The takeovers logged so far: (redriven, found through /proc, denied).
+    fn takeovers(&self) -> Vec<(u64, u64, u64)> {
+        self.env
+            .log()
+            .lines()
+            .filter_map(|l| l.split_once("took over: ").map(|(_, rest)| rest))
+            .map(|rest| {
+                let nums: Vec<u64> = rest
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter(|s| !s.is_empty())
+                    .take(3)
+                    .map(|s| s.parse().expect("digits"))
+                    .collect();
+                assert_eq!(nums.len(), 3, "unexpected takeover line: {rest}");
+                (nums[0], nums[1], nums[2])
+            })
+            .collect()
+    }
+
+    /// An `ebb` command with a timeout of its own.
+    fn ebb_within(&self, timeout: Duration, args: &[&OsStr]) -> Run {
+        let mut cmd = Command::new(EBB);
+        cmd.args(args).stdin(Stdio::null()).env_remove("EBB_LOG");
+        run_cmd(&mut cmd, timeout)
+    }
+}
+
+impl Drop for Fix {
+    fn drop(&mut self) {
+        let mut pids: Vec<i32> =
+            std::mem::take(&mut *self.daemons.lock().unwrap_or_else(|p| p.into_inner()));
+        // One started behind our back (e.g. by a --replace that failed
+        // half-way) is in the pid file.
+        pids.extend(self.pid_file());
+        for pid in pids {
+            if self.is_our_daemon(pid) {
+                terminate(pid, Duration::from_secs(30));
+            }
+        }
+        // A daemon that was SIGKILLed last leaves its keeper running.
+        if self.keeper_pid().is_some() {
+            if let Ok(Some(keeper)) = KeeperClient::connect(&self.keeper_socket()) {
+                let _ = keeper.stop();
+            }
+            if !self.keeper_gone_within(Duration::from_secs(5)) {
+                if let Some(pid) = self.keeper_pid() {
+                    terminate(pid, Duration::from_secs(5));
+                }
+            }
+        }
+        // Then `env` goes: its daemons (none) and the filesystem.
+    }
+}
+
+/// SIGKILL `pid` and wait until it is gone.
+fn kill9(pid: i32) {
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    assert!(gone_within(pid, DIE_TIMEOUT), "{pid} survived SIGKILL");
+}
+
+fn gone_within(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// `timeout 120 cat FILE > OUT` in the background, OUT outside the tree.
+struct Reader {
+    child: KillOnDrop,
+    path: PathBuf,
+    out: PathBuf,
+}
+
+impl Reader {
+    fn cat(env: &Env, path: &Path) -> Reader {
+        let name = format!(
+            "read-{}-{}.out",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+            rand::random::<u32>()
+        );
+        let out = env.fs.scratch().join(name);
+        let child = KillOnDrop::spawn(
+            Command::new("timeout")
+                .arg("120")
+                .arg("cat")
+                .arg(path)
+                .stdin(Stdio::null())
+                .stdout(File::create(&out).expect("creating the reader's output"))
+                .stderr(Stdio::piped()),
+        );
+        Reader {
+            child,
+            path: path.to_path_buf(),
+            out,
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.0.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Bytes it has written so far.
+    fn progress(&self) -> u64 {
+        std::fs::metadata(&self.out).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The `cat` under `timeout`.
+    fn cat_pid(&self) -> Option<i32> {
+        let pid = self.child.0.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Wait for it (at most two minutes) and check it read exactly `want`.
+    fn finish(mut self, want: &[u8]) {
+        let deadline = Instant::now() + Duration::from_secs(130);
+        let status = loop {
+            if let Some(status) = self.child.0.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the reader of {} never finished",
+                self.path.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = self.child.0.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        assert!(
+            status.success(),
+            "cat {} ended with {status}: {err}",
+            self.path.display()
+        );
+        let got = std::fs::read(&self.out).expect("reading the reader's output");
+        let _ = std::fs::remove_file(&self.out);
+        assert_same(&got, want, &format!("cat {}", self.path.display()));
+    }
+}
+
+/// 1. SIGKILL while `cat` is in the middle of a 64 MiB released file: the
+///    reader waits, and gets every byte once a new daemon is started.
+#[test]
+fn kill_9_mid_read_the_reader_waits_and_gets_exact_bytes() {
+    ebb::require_root!();
+    let fix = Fix::new(400);
+    let data = random_bytes(64 * MIB);
+    let (path, _) = fix.env.released_file("big.bin", &data);
+    let pid = fix.start();
+
+    let mut reader = Reader::cat(&fix.env, &path);
+    let started = Instant::now();
+    // Mid-read: some bytes out (the daemon served at least one event), at
+    // least ~100 ms in.
+    while reader.progress() == 0 || started.elapsed() < Duration::from_millis(100) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the reader got nothing in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    kill9(pid);
+    let at_kill = reader.progress();
+    assert!(
+        reader.running() && at_kill < data.len() as u64,
+        "the read finished before the kill ({at_kill} bytes): nothing was tested"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(reader.running(), "the reader ended while no daemon ran");
+    let blocked_at = reader.progress();
+    assert!(
+        blocked_at < data.len() as u64,
+        "the reader got everything while no daemon ran"
+    );
+    assert!(fix.keeper_pid().is_some(), "no keeper holds the group");
+
+    let before = fix.takeovers().len();
+    let pid2 = fix.start();
+    assert_ne!(pid2, pid);
+    reader.finish(&data);
+    eprintln!(
+        "killed at {at_kill} bytes, blocked at {blocked_at}; takeovers: {:?}",
+        &fix.takeovers()[before..]
+    );
+    assert_eq!(fix.env.status(&path)["state"], "archived");
+    // Whatever the kill left pending was redriven, none denied.
+    for (events, _, denied) in &fix.takeovers()[before..] {
+        assert!(*events >= 1 && *denied == 0, "{}", fix.env.log());
+    }
+    fix.stop(pid2);
+    assert!(fix.keeper_gone_within(Duration::from_secs(10)));
+}
+
+/// 2. A crash at each point of the event handling: the reader waits for
+///    the next daemon, which redrives what was left, and reads exact bytes.
+#[test]
+fn a_crash_at_each_point_is_redriven_with_exact_bytes() {
+    ebb::require_root!();
+    let fix = Fix::new(300);
+    let data = random_bytes(16 * MIB + 12345);
+    let path = fix.env.path("crash.bin");
+    write_file(&path, &data);
+    fix.env.archive(&path);
+    // (point, whether the takeover must have redriven something)
+    let cases = [
+        ("after-read:1", true),
+        ("after-read:3", false),
+        ("after-fill:1", false),
+        ("after-fill:4", false),
+        ("before-answer:1", true),
+        ("before-answer:3", true),
+    ];
+    let mut seen = Vec::new();
+    for (point, must_redrive) in cases {
+        assert_eq!(fix.env.release(&path)["result"], "released", "{point}");
+        let crashing = fix.start_with(Some(point), false);
+        let mut reader = Reader::cat(&fix.env, &path);
+        assert!(
+            gone_within(crashing, DIE_TIMEOUT),
+            "{point}: the daemon did not crash; log:\n{}",
+            fix.env.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            reader.running(),
+            "{point}: the reader ended while no daemon ran"
+        );
+        let before = fix.takeovers().len();
+        let pid = fix.start();
+        reader.finish(&data);
+        let after = fix.takeovers();
+        let new = &after[before..];
+        seen.push((point, new.to_vec()));
+        assert!(
+            new.iter().all(|&(_, _, denied)| denied == 0),
+            "{point}: {new:?}"
+        );
+        if must_redrive {
+            assert!(
+                new.iter().any(|&(events, _, _)| events >= 1),
+                "{point}: no event redriven: {new:?}; log:\n{}",
+                fix.env.log()
+            );
+        }
+        assert_eq!(fix.env.status(&path)["state"], "archived", "{point}");
+        fix.stop(pid);
+        assert!(
+            fix.keeper_gone_within(Duration::from_secs(10)),
+            "{point}: the keeper outlived a clean stop"
+        );
+    }
+    eprintln!("takeovers (redriven, through /proc, denied): {seen:?}");
+}
+
+/// 3. `--replace` while eight readers are in the middle of their files:
+///    the old daemon exits, the new one serves, every reader gets exact
+///    bytes; with no daemon running, `--replace` just starts one.
+#[test]
+fn replace_hands_over_while_readers_read() {
+    ebb::require_root!();
+    let fix = Fix::new(400);
+    let mut files = Vec::new();
+    for i in 0..8 {
+        let data = random_bytes(8 * MIB);
+        let (path, _) = fix.env.released_file(&format!("r{i}.bin"), &data);
+        files.push((path, data));
+    }
+    let old = fix.start();
+    let readers: Vec<Reader> = files
+        .iter()
+        .map(|(path, _)| Reader::cat(&fix.env, path))
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let new = fix.start_with(None, true);
+    assert_ne!(new, old);
+    assert!(
+        gone_within(old, Duration::from_secs(10)),
+        "the old daemon {old} did not exit"
+    );
+    assert_eq!(fix.pid_file(), Some(new));
+    for (reader, (_, data)) in readers.into_iter().zip(&files) {
+        reader.finish(data);
+    }
+    assert!(fix.env.log().contains("handed over"), "{}", fix.env.log());
+    assert!(alive(new));
+    fix.env.stats(); // the new one answers on the control socket
+    fix.stop(new);
+    assert!(fix.keeper_gone_within(Duration::from_secs(10)));
+
+    // No daemon running: --replace starts one.
+    let (path, data) = &files[3];
+    assert_eq!(fix.env.release(path)["result"], "released");
+    let third = fix.start_with(None, true);
+    assert_ne!(third, new);
+    assert_reads(path, data);
+    fix.stop(third);
+}
+
+/// 4. Releasing a file while the daemon is dead and the keeper holds the
+///    group: the file's ignore mark (from a read while it was resident)
+///    must go from the kept group, or the stub would read as zeros.
+#[test]
+fn release_while_the_daemon_is_dead_removes_the_kept_ignore_mark() {
+    ebb::require_root!();
+    let fix = Fix::new(300);
+    let data = random_bytes(4 * MIB + 7);
+    let path = fix.env.path("marked.bin");
+    write_file(&path, &data);
+    assert_eq!(fix.env.archive(&path)["result"], "archived");
+    let pid = fix.start();
+    let marks = stat_u64(&fix.env.stats(), "ignore_marks");
+    assert_reads(&path, &data);
+    assert!(
+        stat_u64(&fix.env.stats(), "ignore_marks") > marks,
+        "the read of a resident file left no ignore mark"
+    );
+    kill9(pid);
+    assert!(fix.keeper_pid().is_some(), "no keeper holds the group");
+
+    let run = fix.ebb_within(
+        Duration::from_secs(30),
+        &[
+            OsStr::new("release"),
+            OsStr::new("--json"),
+            path.as_os_str(),
+        ],
+    );
+    let released = run.ok().json1();
+    assert_eq!(released["result"], "released", "{released}");
+
+    let pid2 = fix.start();
+    let run = cat(&path).ok();
+    assert_same(&run.stdout, &data, "the file released while no daemon ran");
+    assert_eq!(fix.env.status(&path)["state"], "archived");
+    fix.stop(pid2);
+}
+
+/// 5. The in-flight table names a file that no longer exists (its reader
+///    was killed and it was unlinked while no daemon ran): the next daemon
+///    starts, logs the takeover, and serves other files correctly.
+#[test]
+fn a_pending_event_of_a_deleted_file_does_not_stop_the_next_daemon() {
+    ebb::require_root!();
+    let fix = Fix::new(300);
+    let doomed_data = random_bytes(4 * MIB);
+    let (doomed, _) = fix.env.released_file("doomed.bin", &doomed_data);
+    let other_data = random_bytes(6 * MIB + 3);
+    let (other, _) = fix.env.released_file("other.bin", &other_data);
+
+    let crashing = fix.start_with(Some("before-answer:1"), false);
+    let mut reader = Reader::cat(&fix.env, &doomed);
+    assert!(
+        gone_within(crashing, DIE_TIMEOUT),
+        "the daemon did not crash before answering; log:\n{}",
+        fix.env.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(reader.running(), "the reader ended while no daemon ran");
+    let cat_pid = reader.cat_pid().expect("the cat under timeout");
+    kill9(cat_pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.running() {
+        assert!(Instant::now() < deadline, "timeout did not end after cat");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::remove_file(&doomed).expect("unlinking the file");
+
+    let before = fix.takeovers().len();
+    let pid = fix.start();
+    let new = fix.takeovers()[before..].to_vec();
+    assert!(
+        new.iter().any(|&(events, _, _)| events >= 1),
+        "no takeover logged: {new:?}; log:\n{}",
+        fix.env.log()
+    );
+    assert_reads(&other, &other_data);
+    assert_eq!(fix.env.status(&other)["state"], "archived");
+    fix.stop(pid);
+}
+
+/// 6. A clean stop (SIGTERM) leaves no keeper for the tree, fresh or after
+///    a takeover, and nothing in the tree waits for a daemon any more.
+#[test]
+fn sigterm_stops_the_keeper_and_nothing_waits_after() {
+    ebb::require_root!();
+    let fix = Fix::new(300);
+    let plain_data = random_bytes(MIB + 1);
+    let plain = fix.env.path("plain.txt");
+    write_file(&plain, &plain_data);
+    let data = random_bytes(2 * MIB);
+    let (path, _) = fix.env.released_file("stub.bin", &data);
+
+    // A fresh daemon and its keeper.
+    let pid = fix.start();
+    let keeper = fix
+        .keeper_pid()
+        .expect("a keeper runs while the daemon does");
+    fix.stop(pid);
+    assert!(
+        fix.keeper_gone_within(Duration::from_secs(10)),
+        "keeper {keeper} outlived a clean stop"
+    );
+    assert!(!fix.keeper_socket().exists(), "the keeper left its socket");
+
+    // A daemon that took the group over from a dead one.
+    let pid = fix.start();
+    kill9(pid);
+    let keeper = fix.keeper_pid().expect("the keeper outlives a SIGKILL");
+    let pid = fix.start();
+    assert_eq!(fix.keeper_pid(), Some(keeper), "the same keeper serves on");
+    assert_reads(&path, &data);
+    fix.stop(pid);
+    assert!(
+        fix.keeper_gone_within(Duration::from_secs(10)),
+        "keeper {keeper} outlived a clean stop after a takeover"
+    );
+    assert!(!fix.keeper_socket().exists(), "the keeper left its socket");
+
+    // A plain file, never read under a mark, reads at once.
+    let mut cmd = Command::new("timeout");
+    cmd.arg("5").arg("cat").arg(&plain).stdin(Stdio::null());
+    let run = run_cmd(&mut cmd, Duration::from_secs(30)).ok();
+    assert_same(&run.stdout, &plain_data, "cat of a plain file");
+}
