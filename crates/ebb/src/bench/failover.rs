@@ -71,7 +71,7 @@ const CRASH_POINTS: [&str; 3] = ["after-read", "after-fill", "before-answer"];
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn run(opts: &Options) -> Result<Report> {
-    let fs = LoopFs::xfs((opts.files as u64 * opts.file_size >> 20) * 2 + 300)?;
+    let fs = LoopFs::xfs(((opts.files as u64 * opts.file_size) >> 20) * 2 + 300)?;
     let root = fs.path().join("tree");
     std::fs::create_dir(&root)?;
     let tree = Tree::init(&root, Some(&fs.scratch().join("store")))?;
