@@ -354,7 +354,13 @@ fn kill_9_mid_read_the_reader_waits_and_gets_exact_bytes() {
         "killed at {at_kill} bytes, blocked at {blocked_at}; takeovers: {:?}",
         &fix.takeovers()[before..]
     );
-    assert_eq!(fix.env.status(&path)["state"], "archived");
+    let status = fix.env.status(&path);
+    assert_eq!(
+        status["state"],
+        "archived",
+        "{status}; log:\n{}",
+        fix.env.log()
+    );
     // Whatever the kill left pending was redriven, none denied.
     for (events, _, denied) in &fix.takeovers()[before..] {
         assert!(*events >= 1 && *denied == 0, "{}", fix.env.log());
