@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rand::{Rng, RngCore, SeedableRng};
 
-use super::quantile;
+use super::{is_alive, quantile, start_daemon, stop_daemon, Pid};
 use crate::hsm::{self, NoProgress};
 use crate::testing::LoopFs;
 use crate::tree::Tree;
@@ -154,6 +154,14 @@ pub fn run(opts: &Options) -> Result<Report> {
 
 /// Kill and restart the daemon until the time is up; the last daemon
 /// started runs without a crash point.
+/// SIGKILL, then wait until the process is gone (it is not our child).
+fn kill(pid: Pid) {
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    while is_alive(pid) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn supervise(
     opts: &Options,
     root: &Path,
@@ -316,51 +324,6 @@ fn sha256sum(path: &Path) -> Result<String> {
         .next()
         .unwrap_or_default()
         .to_string())
-}
-
-type Pid = nix::unistd::Pid;
-
-fn start_daemon(exe: &Path, root: &Path, crash: Option<&str>) -> Result<Pid> {
-    let mut cmd = Command::new(exe);
-    cmd.args(["daemon", "--background", "--json"]).arg(root);
-    match crash {
-        Some(point) => cmd.env("EBB_TEST_CRASH", point),
-        None => cmd.env_remove("EBB_TEST_CRASH"),
-    };
-    let out = cmd.output().context("starting the daemon")?;
-    if !out.status.success() {
-        bail!(
-            "the daemon did not start: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let pid = v["pid"].as_i64().context("the daemon reported no pid")?;
-    Ok(Pid::from_raw(i32::try_from(pid)?))
-}
-
-/// Whether `pid` runs (a zombie waiting for init to reap it does not).
-fn is_alive(pid: Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
-
-/// SIGKILL, then wait until the process is gone (it is not our child).
-fn kill(pid: Pid) {
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    while is_alive(pid) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-fn stop_daemon(pid: Pid) {
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while is_alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Sum of "took over: K event(s) redriven" over the daemon log.

@@ -62,6 +62,45 @@ pub fn quantile(samples: &[Duration], q: f64) -> Duration {
     samples[idx.min(samples.len() - 1)]
 }
 
+/// A daemon the benchmark started (a real process, detached: not our
+/// child).
+pub type Pid = nix::unistd::Pid;
+
+/// `ebb daemon ROOT --background`, optionally with a test crash point
+/// (`EBB_TEST_CRASH`); returns once it serves.
+pub fn start_daemon(exe: &Path, root: &Path, crash: Option<&str>) -> Result<Pid> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["daemon", "--background", "--json"]).arg(root);
+    match crash {
+        Some(point) => cmd.env("EBB_TEST_CRASH", point),
+        None => cmd.env_remove("EBB_TEST_CRASH"),
+    };
+    let out = cmd.output().context("starting the daemon")?;
+    if !out.status.success() {
+        bail!(
+            "the daemon did not start: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let pid = v["pid"].as_i64().context("the daemon reported no pid")?;
+    Ok(Pid::from_raw(i32::try_from(pid)?))
+}
+
+/// Whether `pid` runs (a zombie waiting to be reaped does not).
+pub fn is_alive(pid: Pid) -> bool {
+    u32::try_from(pid.as_raw()).is_ok_and(crate::daemon::control::is_running)
+}
+
+/// SIGTERM, and wait (up to 30 s) until it is gone.
+pub fn stop_daemon(pid: Pid) {
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

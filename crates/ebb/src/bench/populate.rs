@@ -12,13 +12,12 @@
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use rand::{Rng, RngCore, SeedableRng};
 
-use super::{drop_caches, quantile, read_sequentially};
+use super::{drop_caches, quantile, read_sequentially, start_daemon, stop_daemon, Pid};
 use crate::hsm::{self, NoProgress};
 use crate::testing::LoopFs;
 use crate::tree::Tree;
@@ -61,41 +60,11 @@ pub struct Report {
 }
 
 /// Stops the daemon it started when dropped, even on error.
-struct Daemon {
-    pid: nix::unistd::Pid,
-}
-
-impl Daemon {
-    fn start(exe: &Path, root: &Path) -> Result<Daemon> {
-        let out = Command::new(exe)
-            .args(["daemon", "--background", "--json"])
-            .arg(root)
-            .output()
-            .context("starting the daemon")?;
-        if !out.status.success() {
-            bail!(
-                "the daemon did not start: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        let pid = v["pid"].as_i64().context("the daemon reported no pid")?;
-        Ok(Daemon {
-            pid: nix::unistd::Pid::from_raw(i32::try_from(pid)?),
-        })
-    }
-}
+struct Daemon(Pid);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGTERM);
-        // Not our child (it detached): wait for it to go.
-        for _ in 0..100 {
-            if nix::sys::signal::kill(self.pid, None).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        stop_daemon(self.0);
     }
 }
 
@@ -124,7 +93,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     // Measured right before the daemon starts, not before archiving: the
     // archive's own reads and writes change how fast warm reads are.
     let warm_no_daemon = best_of(opts.repeats, || read_sequentially(&path))?;
-    let daemon = Daemon::start(&opts.exe, &root)?;
+    let daemon = Daemon(start_daemon(&opts.exe, &root, None)?);
     read_sequentially(&path)?; // the first read adds the ignore mark
     let warm_under_mark = best_of(opts.repeats, || read_sequentially(&path))?;
     let cold_released = median_of(opts.repeats, || {

@@ -64,7 +64,7 @@ pub fn daemon_pid(tree: &Tree) -> Result<Option<u32>> {
 }
 
 /// Whether process `pid` exists and is not a zombie.
-fn is_running(pid: u32) -> bool {
+pub fn is_running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))

@@ -273,18 +273,7 @@ impl Group {
     /// Read the events that are ready into `buf` and parse them. Returns an
     /// empty list when a non-blocking group has nothing (`EAGAIN`).
     pub fn read_events(&self, buf: &mut EventBuffer) -> io::Result<Vec<Event>> {
-        let bytes = buf.bytes_mut();
-        // SAFETY: `bytes` is a valid writable buffer of `bytes.len()` bytes.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), bytes.as_mut_ptr().cast(), bytes.len()) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::WouldBlock {
-                return Ok(Vec::new());
-            }
-            return Err(err);
-        }
-        let n = usize::try_from(n).unwrap_or(0);
-        take_events(&bytes[..n])
+        self.read_into(buf.bytes_mut())
     }
 
     /// Like [`Group::read_events`], but the kernel writes the events into
