@@ -445,7 +445,6 @@ fn kill_9_mid_read_the_reader_waits_and_gets_exact_bytes() {
 ///     access, interrupted by a crash, makes the next `ebb release` refuse.
 ///     Killing at varied points of a read, it shows within 150 rounds.
 #[test]
-#[ignore = "BUG: a SIGKILL between a fill's write and its mtime restore (daemon/fill.rs) leaves the kill time as mtime and the file marked modified"]
 fn kill_9_mid_fill_keeps_the_mtime_and_the_archived_state() {
     ebb::require_root!();
     let fix = Fix::new(300);
@@ -590,7 +589,6 @@ fn replace_while_readers_read(hold_catalog: bool) {
 
 /// 3, as a user runs it.
 #[test]
-#[ignore = "BUG: the old daemon closes the catalog last, SQLite deletes catalog.db-wal/-shm, and the new daemon blocks forever on a pre-content event for the recreated files in the group it has not started reading"]
 fn replace_hands_over_while_readers_read_sqlite_wal_recreated() {
     ebb::require_root!();
     replace_while_readers_read(false);
@@ -599,7 +597,6 @@ fn replace_hands_over_while_readers_read_sqlite_wal_recreated() {
 /// 3, with the catalog held open elsewhere (so the bug above cannot
 /// occur): the handover itself.
 #[test]
-#[ignore = "BUG: about half the time the old daemon exits before its control thread writes the handover reply; --replace then fails with 'the daemon answered \"\"' and no daemon serves"]
 fn replace_hands_over_while_readers_read() {
     ebb::require_root!();
     replace_while_readers_read(true);
@@ -666,7 +663,6 @@ fn release_while_the_daemon_is_dead(hold_catalog: bool) {
 
 /// 4, as a user runs it.
 #[test]
-#[ignore = "BUG: after a crash, the first ebb command closes the catalog last and SQLite deletes catalog.db-wal/-shm; the restarted daemon recreates them and blocks forever on its own pre-content event (ftruncate of -shm)"]
 fn release_while_the_daemon_is_dead_then_restart_sqlite_wal_recreated() {
     ebb::require_root!();
     release_while_the_daemon_is_dead(false);
@@ -684,7 +680,6 @@ fn release_while_the_daemon_is_dead_removes_the_kept_ignore_mark() {
 ///     `ebb` command (any that opens the catalog) hangs until a daemon
 ///     serves, and the restarted daemon never does.
 #[test]
-#[ignore = "BUG: after a daemon crash the 2nd ebb command hangs (catalog.db-wal/-shm deleted by the 1st and recreated without an ignore mark in the kept group), and so does the next daemon"]
 fn two_commands_after_a_crash_then_a_restart_sqlite_wal_recreated() {
     ebb::require_root!();
     let fix = Fix::new(300);

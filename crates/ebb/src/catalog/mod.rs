@@ -218,6 +218,9 @@ impl Catalog {
                 path.display()
             );
         }
+        // The catalog's files keep their inodes (and so the daemon's ignore
+        // marks) for good; see `sys::sqlite::persist_wal`.
+        crate::sys::sqlite::persist_wal(&conn).context("keeping the catalog's WAL files")?;
         // Temporary tables in memory: SQLite's temp files would otherwise
         // land where the daemon might have to answer its own events.
         conn.execute_batch(

@@ -214,6 +214,9 @@ pub struct Incoming {
     pub request: Request,
     pub fd: Option<OwnedFd>,
     pub reply: crossbeam_channel::Sender<Result<serde_json::Value, String>>,
+    /// Signalled once the reply is on the wire (a daemon that exits right
+    /// after replying waits for it).
+    pub written: crossbeam_channel::Receiver<()>,
 }
 
 /// Accept connections on `listener` forever, handing each request to
@@ -248,6 +251,7 @@ fn answer(conn: &UnixStream, deliver: &impl Fn(Incoming)) -> Result<()> {
         len += n;
         fd = fd.or(got);
     }
+    let (written_tx, written_rx) = crossbeam_channel::bounded(1);
     let reply = match serde_json::from_slice::<Request>(&buf[..len]) {
         Ok(request) => {
             let (tx, rx) = crossbeam_channel::bounded(1);
@@ -255,6 +259,7 @@ fn answer(conn: &UnixStream, deliver: &impl Fn(Incoming)) -> Result<()> {
                 request,
                 fd,
                 reply: tx,
+                written: written_rx,
             });
             rx.recv()
                 .unwrap_or_else(|_| Err("the daemon is stopping".to_string()))
@@ -271,5 +276,6 @@ fn answer(conn: &UnixStream, deliver: &impl Fn(Incoming)) -> Result<()> {
     line.push(b'\n');
     let mut conn = conn;
     conn.write_all(&line)?;
+    let _ = written_tx.send(());
     Ok(())
 }

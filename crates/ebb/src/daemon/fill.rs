@@ -17,9 +17,11 @@ use crossbeam_channel::{select, Receiver, Sender, TryRecvError};
 
 use super::populate::FillDone;
 use crate::catalog::{FileId, StatSnap};
+use crate::failover::fills::FillJournal;
 use crate::hsm::fill_chunk;
 use crate::store::{ChunkHash, ChunkRef, Store};
 use crate::sys::file::set_mtime;
+use crate::sys::handle::FileHandle;
 
 /// One chunk to bring back.
 pub struct FillJob {
@@ -31,6 +33,8 @@ pub struct FillJob {
     /// An fd from the event, which raises no events of its own.
     pub file: Arc<File>,
     pub write_lock: Arc<Mutex<()>>,
+    /// The file's handle, for the fill journal.
+    pub handle: FileHandle,
 }
 
 /// Verified chunks fetched ahead of a sequential reader, by hash (so an
@@ -86,6 +90,9 @@ impl ReadAhead {
 
 /// What a worker needs.
 pub struct Worker<W> {
+    /// This worker's entry in the fill journal.
+    pub index: usize,
+    pub journal: Arc<FillJournal>,
     pub store: Store,
     pub read_ahead: Arc<ReadAhead>,
     pub fills: Receiver<FillJob>,
@@ -154,9 +161,13 @@ impl<W: Fn()> Worker<W> {
         let meta = job.file.metadata().context("fstat before filling")?;
         let mtime = StatSnap::of(&meta).mtime;
         let limit = job.limit.min(meta.len());
+        // Journalled, so a daemon killed between the write and the mtime's
+        // return has its successor put the mtime back.
+        self.journal.begin(self.index, &job.handle, mtime);
         let found_foreign =
             fill_chunk(&job.file, job.chunk.offset, &data, limit).context("writing the chunk")?;
         set_mtime(job.file.as_fd(), mtime).context("restoring the mtime after filling")?;
+        self.journal.end(self.index);
         crate::failover::crash_point("after-fill");
         Ok((data.len() as u64, found_foreign))
     }

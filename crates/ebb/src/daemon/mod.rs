@@ -33,6 +33,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use crate::failover::fills::MAX_WORKERS;
 use crate::failover::takeover;
 use crate::sys::fanotify::Group;
 use crate::sys::fdtable;
@@ -86,11 +87,18 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
         keeper,
         group,
         mut table,
+        fills,
         pending,
+        interrupted,
         ..
     } = kept;
+    let fills = Arc::new(fills);
+    // Silenced before the catalog is opened: a kept group already waits
+    // for answers, and the daemon must not wait on its own reads. Again
+    // after, for files the catalog creates now (a first start).
+    silence_own_files(&group, tree)?;
     let mut catalog = tree.catalog()?;
-    catalog.count_files()?; // creates the WAL files, which are silenced below
+    catalog.count_files()?;
     let store = tree.store()?;
     silence_own_files(&group, tree)?;
     group
@@ -102,6 +110,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
             )
         })?;
 
+    takeover::restore_mtimes(tree, &interrupted)?;
     if !pending.is_empty() {
         let started = std::time::Instant::now();
         let done = takeover::redrive(tree, &mut catalog, &store, &group, &mut table, pending)?;
@@ -130,8 +139,10 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     let (ahead_tx, ahead_rx) = crossbeam_channel::bounded(READ_AHEAD_CHUNKS);
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let read_ahead = Arc::new(fill::ReadAhead::new(READ_AHEAD_CHUNKS * 2));
-    for i in 0..opts.workers.max(1) {
+    for i in 0..opts.workers.clamp(1, MAX_WORKERS) {
         let worker = fill::Worker {
+            index: i,
+            journal: fills.clone(),
             store: store.clone(),
             read_ahead: read_ahead.clone(),
             fills: job_rx.clone(),
@@ -188,6 +199,9 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     result.map(|_| ())
 }
 
+/// How long a handing-over daemon waits for its answer to be written.
+const HANDOVER_WRITE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How the loop ended.
 enum Stopped {
     /// SIGTERM/SIGINT: mark removed, every event answered.
@@ -223,7 +237,7 @@ fn event_loop(
     control: &Receiver<Incoming>,
 ) -> Result<Stopped> {
     let mut stopping = false;
-    let mut handover: Option<crossbeam_channel::Sender<Result<serde_json::Value, String>>> = None;
+    let mut handover: Option<Incoming> = None;
     loop {
         // While handing over, nothing new is read: the queue is the next
         // daemon's. While the in-flight table is full, reading waits for
@@ -273,15 +287,20 @@ fn event_loop(
         while let Ok(incoming) = control.try_recv() {
             if let Request::Handover = incoming.request {
                 tracing::info!("handing over: no more reads; finishing what was read");
-                handover = Some(incoming.reply);
+                handover = Some(incoming);
             } else {
                 serve_request(populator, incoming);
             }
         }
         populator.settle();
         if populator.is_idle() {
-            if let Some(reply) = handover.take() {
-                let _ = reply.send(Ok(serde_json::json!({})));
+            if let Some(request) = handover.take() {
+                let _ = request.reply.send(Ok(serde_json::json!({})));
+                // Exiting before the answer is written would leave the new
+                // daemon without one, and the tree without a daemon.
+                if request.written.recv_timeout(HANDOVER_WRITE).is_err() {
+                    tracing::warn!("the handover answer was not written; exiting all the same");
+                }
                 return Ok(Stopped::HandedOver);
             }
             if stopping && queue_empty {

@@ -267,6 +267,7 @@ impl Populator {
                     index,
                     chunk: entry.manifest[index],
                     limit: entry.valid_len,
+                    handle: entry.handle.clone(),
                     file: keep.clone(),
                     write_lock: entry.write_lock.clone(),
                 };

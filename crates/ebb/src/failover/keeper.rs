@@ -142,6 +142,15 @@ pub fn keeper_main(socket: &Path) -> Result<()> {
         Err(e) => return Err(e).context("setsid"),
     }
     nix::unistd::chdir("/").context("changing to /")?;
+    // The daemon that starts the keeper blocks SIGTERM/SIGINT (it reads
+    // them from a signalfd) and the mask survives exec: undo it, so the
+    // keeper can be stopped like any process.
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(nix::sys::signal::Signal::SIGTERM);
+    signals.add(nix::sys::signal::Signal::SIGINT);
+    signals
+        .thread_unblock()
+        .context("unblocking SIGTERM/SIGINT")?;
     // Best effort: only a privileged keeper may lower its score.
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
         tracing::debug!("keeping the OOM killer away: {e}");

@@ -8,6 +8,7 @@
 //! hands the events out. A restarted daemon takes both back and finishes
 //! what its predecessor left ([`takeover`]).
 
+pub mod fills;
 pub mod inflight;
 pub mod keeper;
 pub mod takeover;

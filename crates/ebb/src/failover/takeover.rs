@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::fills::{FillJournal, Interrupted};
 use super::inflight::{InflightTable, Pending};
 use super::keeper::KeeperClient;
 use crate::catalog::Catalog;
@@ -41,8 +42,11 @@ pub struct Kept {
     pub keeper: KeeperClient,
     pub group: Group,
     pub table: InflightTable,
+    pub fills: FillJournal,
     /// Events a previous daemon left unanswered.
     pub pending: Vec<Pending>,
+    /// Fills it left between writing a chunk and putting the mtime back.
+    pub interrupted: Vec<Interrupted>,
     /// Whether the group is new (no previous daemon's marks in it).
     pub fresh: bool,
 }
@@ -59,16 +63,19 @@ pub fn acquire(tree: &Tree, exe: &Path) -> Result<Kept> {
     };
     let mut group = None;
     let mut table = None;
+    let mut fills = None;
     for (name, fd) in keeper.get().context("taking the kept fds back")? {
         let fd = fdtable::move_above(fd, KEPT_FDS_FROM)?;
         match name.as_str() {
             "group" => group = Some(fd),
             "inflight" => table = Some(fd),
+            "fills" => fills = Some(fd),
             other => tracing::warn!("the keeper holds an fd named {other:?}; ignored"),
         }
     }
-    if let (Some(group), Some(table)) = (group, table) {
+    if let (Some(group), Some(table), Some(fills)) = (group, table, fills) {
         let (table, pending) = InflightTable::open(SharedMemory::map(table)?)?;
+        let (fills, interrupted) = FillJournal::open(SharedMemory::map(fills)?)?;
         tracing::info!(
             "took the group back from the keeper (pid {}); {} event(s) left unanswered",
             keeper.pid().unwrap_or(0),
@@ -78,7 +85,9 @@ pub fn acquire(tree: &Tree, exe: &Path) -> Result<Kept> {
             keeper,
             group: Group::from_owned(group),
             table,
+            fills,
             pending,
+            interrupted,
             fresh: false,
         });
     }
@@ -87,16 +96,46 @@ pub fn acquire(tree: &Tree, exe: &Path) -> Result<Kept> {
     )?;
     let group = Group::from_owned(fdtable::move_above(group.into_owned(), KEPT_FDS_FROM)?);
     let table = InflightTable::create()?;
-    keeper
-        .put(&[("group", group.as_fd()), ("inflight", table.fd())])
+    let fills = FillJournal::create()?;
+    fills
+        .with_fd(|journal| {
+            keeper.put(&[
+                ("group", group.as_fd()),
+                ("inflight", table.fd()),
+                ("fills", journal),
+            ])
+        })
+        .context("the fill journal's lock is poisoned")?
         .context("handing the group to the keeper")?;
     Ok(Kept {
         keeper,
         group,
         table,
+        fills,
         pending: Vec::new(),
+        interrupted: Vec::new(),
         fresh: true,
     })
+}
+
+/// Put back the mtimes of files a dead daemon's fills left between writing
+/// and restoring (see `failover::fills`).
+pub fn restore_mtimes(tree: &Tree, interrupted: &[Interrupted]) -> Result<()> {
+    let root = File::open(tree.root()).context("opening the tree root")?;
+    for fill in interrupted {
+        let Ok(fd) = open_by_handle(root.as_fd(), &fill.handle, libc::O_RDONLY) else {
+            tracing::warn!(
+                "a fill was cut short on a file that no longer exists; nothing to put back"
+            );
+            continue;
+        };
+        let file = File::from(fd);
+        if crate::catalog::StatSnap::of(&file.metadata()?).mtime != fill.mtime {
+            crate::sys::file::set_mtime(file.as_fd(), fill.mtime)
+                .context("putting back the mtime of a file whose fill was cut short")?;
+        }
+    }
+    Ok(())
 }
 
 /// Step 2: hold the numbers of the pending events.
@@ -137,9 +176,17 @@ pub fn redrive(
     for p in pending {
         let (start, count) = p.range.unwrap_or((0, u64::MAX));
         let files = match &p.handle {
-            Some(h) => open_by_handle(root.as_fd(), h, libc::O_RDONLY)
-                .map(|fd| vec![File::from(fd)])
-                .unwrap_or_default(),
+            Some(h) => match open_by_handle(root.as_fd(), h, libc::O_RDONLY) {
+                Ok(fd) => vec![File::from(fd)],
+                Err(e) => {
+                    tracing::warn!(
+                        "event {} of pid {} names a file that no longer exists ({e}); answered: there is nothing to fill",
+                        p.fd,
+                        p.pid
+                    );
+                    Vec::new()
+                }
+            },
             None => {
                 done.found_by_pid += 1;
                 files_of_process(p.pid)

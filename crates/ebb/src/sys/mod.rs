@@ -17,3 +17,4 @@ pub mod file;
 pub mod handle;
 pub mod shm;
 pub mod socket;
+pub mod sqlite;
