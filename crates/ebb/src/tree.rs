@@ -52,7 +52,7 @@ impl Tree {
             );
         }
         let store = store.map_or_else(|| PathBuf::from(DEFAULT_STORE), Path::to_path_buf);
-        let store = resolve_lenient(&store)?;
+        let store = resolve(&store)?;
         if store.starts_with(&root) {
             bail!(
                 "the store {} is inside the managed tree {}; choose a store elsewhere with --store",
@@ -186,25 +186,9 @@ impl Tree {
     }
 }
 
-/// `path` made absolute with its parent directory resolved (symlinks
-/// followed), the last component kept as given.
-pub fn resolve(path: &Path) -> Result<PathBuf> {
-    let abs = absolute(path)?;
-    if let Ok(canon) = std::fs::canonicalize(&abs) {
-        return Ok(canon);
-    }
-    let parent = abs.parent().unwrap_or(Path::new("/"));
-    let parent = std::fs::canonicalize(parent)
-        .with_context(|| format!("{}: no such file or directory", path.display()))?;
-    Ok(match abs.file_name() {
-        Some(name) => parent.join(name),
-        None => parent,
-    })
-}
-
 /// `path` with every part that exists resolved (symlinks, `..`), and the
 /// rest, which does not exist yet, applied as written.
-pub fn resolve_lenient(path: &Path) -> Result<PathBuf> {
+pub fn resolve(path: &Path) -> Result<PathBuf> {
     let mut out = PathBuf::from("/");
     let mut exists = true;
     for part in absolute(path)?.components() {
