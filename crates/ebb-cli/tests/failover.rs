@@ -60,43 +60,21 @@ impl Fix {
 
     /// [`Fix::start_with`], giving up (and failing) after `timeout`.
     fn start_within(&self, crash: Option<&str>, replace: bool, timeout: Duration) -> i32 {
-        let mut cmd = Command::new(EBB);
-        cmd.arg("daemon")
-            .arg(&self.env.root)
-            .arg("--background")
-            .args(replace.then_some("--replace"))
-            .stdin(Stdio::null())
-            .env_remove("EBB_LOG");
-        match crash {
-            Some(point) => cmd.env("EBB_TEST_CRASH", point),
-            None => cmd.env_remove("EBB_TEST_CRASH"),
-        };
-        if let Ok(level) = std::env::var("EBB_TEST_DAEMON_LOG") {
-            cmd.env("EBB_LOG", level);
-        }
-        let run = run_cmd(&mut cmd, timeout);
-        // Whatever it said, a daemon may be running: record it first.
-        if let Some(pid) = self.pid_file().filter(|&p| alive(p)) {
-            let mut daemons = self.daemons.lock().unwrap_or_else(|p| p.into_inner());
-            if !daemons.contains(&pid) {
-                daemons.push(pid);
-            }
-        }
-        let run = run.ok();
-        let out = run.out();
-        assert!(
-            out.contains("ebb daemon serving"),
-            "unexpected output of ebb daemon --background: {out:?}"
+        let pid = self.env.start_daemon_with(
+            |cmd| {
+                cmd.args(replace.then_some("--replace"));
+                match crash {
+                    Some(point) => cmd.env("EBB_TEST_CRASH", point),
+                    None => cmd.env_remove("EBB_TEST_CRASH"),
+                };
+            },
+            timeout,
         );
-        let printed: i32 = out
-            .split("(pid ")
-            .nth(1)
-            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no pid in {out:?}"));
-        assert_eq!(Some(printed), self.pid_file(), "printed pid vs. daemon.pid");
-        assert!(alive(printed), "daemon {printed} is not running");
-        printed
+        let mut daemons = self.daemons.lock().unwrap_or_else(|p| p.into_inner());
+        if !daemons.contains(&pid) {
+            daemons.push(pid);
+        }
+        pid
     }
 
     fn start(&self) -> i32 {

@@ -401,6 +401,18 @@ impl Env {
 
     /// `ebb daemon ROOT --background`; returns its pid once it serves.
     pub fn start_daemon(&self) -> i32 {
+        self.start_daemon_with(|_| {}, COMMAND_TIMEOUT)
+    }
+
+    /// [`Env::start_daemon`] with more arguments or environment set by
+    /// `configure`, failing after `timeout`. The daemon is recorded (and
+    /// stopped when the `Env` goes) whatever it printed.
+    #[allow(dead_code)] // not every test binary needs it
+    pub fn start_daemon_with(
+        &self,
+        configure: impl FnOnce(&mut Command),
+        timeout: Duration,
+    ) -> i32 {
         let mut cmd = Command::new(EBB);
         cmd.arg("daemon")
             .arg(&self.root)
@@ -411,7 +423,8 @@ impl Env {
             Ok(level) => cmd.env("EBB_LOG", level),
             Err(_) => cmd.env_remove("EBB_LOG"),
         };
-        let run = run_cmd(&mut cmd, COMMAND_TIMEOUT);
+        configure(&mut cmd);
+        let run = run_cmd(&mut cmd, timeout);
         // Whatever it said, a daemon may be running: record it first.
         let pid = std::fs::read_to_string(self.root.join(".ebb/daemon.pid"))
             .ok()
