@@ -772,3 +772,60 @@ fn sigterm_stops_the_keeper_and_nothing_waits_after() {
     let run = run_cmd(&mut cmd, Duration::from_secs(30)).ok();
     assert_same(&run.stdout, &plain_data, "cat of a plain file");
 }
+
+/// An exec of a released binary whose first event the daemon read and died
+/// before noting the file: the binary is neither open nor mapped yet, so
+/// the next daemon finds it through the execve's path argument, fills it
+/// and lets the exec go on. It must run normally (not "Exec format error"
+/// from zeros).
+#[test]
+fn an_exec_caught_right_after_the_read_is_served_through_its_path() {
+    ebb::require_root!();
+    let fix = Fix::new(300);
+    let prog = fix.env.path("sha256sum-copy");
+    std::fs::copy("/usr/bin/sha256sum", &prog).expect("copy a binary");
+    let input = fix.env.path("input.txt");
+    std::fs::write(&input, b"the bytes to hash\n").expect("input");
+    let want = std::process::Command::new("/usr/bin/sha256sum")
+        .arg(&input)
+        .output()
+        .expect("reference run")
+        .stdout;
+    fix.env.archive(&prog);
+    assert_eq!(fix.env.release(&prog)["result"], "released");
+    let crashing = fix.start_with(Some("after-read:1"), false);
+    let child = std::process::Command::new("timeout")
+        .arg("60")
+        .arg(&prog)
+        .arg(&input)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("exec the released binary");
+    assert!(
+        gone_within(crashing, DIE_TIMEOUT),
+        "the daemon did not crash; log:\n{}",
+        fix.env.log()
+    );
+    let before = fix.takeovers().len();
+    let pid = fix.start();
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "the exec failed: {}; log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fix.env.log()
+    );
+    assert_eq!(
+        out.stdout, want,
+        "the released binary computed something else"
+    );
+    let new = fix.takeovers()[before..].to_vec();
+    assert!(
+        new.iter()
+            .any(|&(events, by_pid, denied)| events >= 1 && by_pid >= 1 && denied == 0),
+        "expected one event redriven through /proc: {new:?}; log:\n{}",
+        fix.env.log()
+    );
+    fix.stop(pid);
+}

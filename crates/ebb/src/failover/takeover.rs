@@ -10,13 +10,15 @@
 //!    answer with the recorded number. The file is the one whose handle the
 //!    dead daemon noted; if it died before noting it, the candidates are
 //!    the files the blocked process has open or mapped (`/proc/PID/fd`,
-//!    `/proc/PID/maps`), and the range is filled in every candidate that is
+//!    `/proc/PID/maps`) or is exec'ing (the path argument of the `execve`
+//!    it is blocked in), and the range is filled in every candidate that is
 //!    a stub: filling more than needed is harmless, allowing a read of an
 //!    unfilled range is not.
 //! 4. Release the reserved numbers.
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -237,9 +239,10 @@ fn fill_if_stub(
     fill_range(catalog, store, &quiet, &mut rec, start, count, &NoProgress)
 }
 
-/// The regular files process `pid` has open or mapped.
+/// The regular files process `pid` has open or mapped, and the program it
+/// is exec'ing, if it is blocked in `execve`.
 fn files_of_process(pid: i32) -> Vec<File> {
-    let mut paths: Vec<PathBuf> = Vec::new();
+    let mut paths: Vec<PathBuf> = exec_target(pid).into_iter().collect();
     if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
         paths.extend(fds.flatten().map(|e| e.path()));
     }
@@ -259,4 +262,51 @@ fn files_of_process(pid: i32) -> Vec<File> {
         .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
         .filter_map(|p| File::open(p).ok())
         .collect()
+}
+
+/// `execve(2)` and `execveat(2)` on x86-64 and aarch64.
+#[cfg(target_arch = "x86_64")]
+const EXEC_SYSCALLS: (i64, i64) = (59, 322);
+#[cfg(target_arch = "aarch64")]
+const EXEC_SYSCALLS: (i64, i64) = (221, 281);
+
+/// The file process `pid` is exec'ing: an exec's first reads of its binary
+/// happen before the binary is open in the fd table or mapped, so only the
+/// syscall's own path argument names it (`/proc/PID/syscall`, and the
+/// string read from `/proc/PID/mem`, still the old image's memory).
+fn exec_target(pid: i32) -> Option<PathBuf> {
+    let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    let mut fields = call.split_whitespace();
+    let nr: i64 = fields.next()?.parse().ok()?;
+    let args: Vec<u64> = fields
+        .take(6)
+        .filter_map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+        .collect();
+    let (dirfd, name_at) = match nr {
+        n if n == EXEC_SYSCALLS.0 => (libc::AT_FDCWD, *args.first()?),
+        n if n == EXEC_SYSCALLS.1 => (*args.first()? as i32, *args.get(1)?),
+        _ => return None,
+    };
+    let name = read_c_string(pid, name_at)?;
+    let name = PathBuf::from(std::ffi::OsString::from_vec(name));
+    if name.is_absolute() {
+        return Some(name);
+    }
+    let base = if dirfd == libc::AT_FDCWD {
+        PathBuf::from(format!("/proc/{pid}/cwd"))
+    } else {
+        PathBuf::from(format!("/proc/{pid}/fd/{dirfd}"))
+    };
+    Some(base.join(name))
+}
+
+/// A NUL-terminated string at `addr` in process `pid`'s memory.
+fn read_c_string(pid: i32, addr: u64) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mem = File::open(format!("/proc/{pid}/mem")).ok()?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    let n = mem.read_at(&mut buf, addr).ok()?;
+    let end = buf[..n].iter().position(|&b| b == 0)?;
+    buf.truncate(end);
+    Some(buf)
 }
