@@ -37,7 +37,10 @@ struct Fix {
 
 impl Fix {
     fn new(size_mib: u64) -> Fix {
-        let env = Env::new(size_mib);
+        Fix::from_env(Env::new(size_mib))
+    }
+
+    fn from_env(env: Env) -> Fix {
         let config = std::fs::read_to_string(env.root.join(".ebb/config.json"))
             .expect("reading .ebb/config.json");
         let config: serde_json::Value = serde_json::from_str(&config).expect("config.json");
@@ -826,6 +829,47 @@ fn an_exec_caught_right_after_the_read_is_served_through_its_path() {
             .any(|&(events, by_pid, denied)| events >= 1 && by_pid >= 1 && denied == 0),
         "expected one event redriven through /proc: {new:?}; log:\n{}",
         fix.env.log()
+    );
+    fix.stop(pid);
+}
+
+/// A store on the tree's own filesystem: the restarted daemon must not wait
+/// on its own reads of the store (its marker, the chunks it redrives) while
+/// nothing reads events yet.
+#[test]
+fn a_store_on_the_trees_filesystem_does_not_stall_the_takeover() {
+    ebb::require_root!();
+    let mut env = Env::bare(400);
+    env.root = env.fs.path().join("tree");
+    env.store = env.fs.path().join("store");
+    std::fs::create_dir(&env.root).expect("mkdir tree");
+    ebb([
+        OsStr::new("init"),
+        env.root.as_os_str(),
+        OsStr::new("--store"),
+        env.store.as_os_str(),
+    ])
+    .ok();
+    let fix = Fix::from_env(env);
+    let data = random_bytes(8 * MIB);
+    let path = fix.env.path("same-fs.bin");
+    write_file(&path, &data);
+    fix.env.archive(&path);
+    assert_eq!(fix.env.release(&path)["result"], "released");
+    let crashing = fix.start_with(Some("before-answer:1"), false);
+    let reader = Reader::cat(&fix.env, &path);
+    assert!(
+        gone_within(crashing, DIE_TIMEOUT),
+        "the daemon did not crash"
+    );
+    let before = fix.takeovers().len();
+    let pid = fix.start_within(None, false, Duration::from_secs(30));
+    reader.finish(&data);
+    let new = fix.takeovers()[before..].to_vec();
+    assert!(
+        new.iter()
+            .any(|&(events, _, denied)| events >= 1 && denied == 0),
+        "{new:?}"
     );
     fix.stop(pid);
 }

@@ -96,10 +96,15 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     // Silenced before the catalog is opened: a kept group already waits
     // for answers, and the daemon must not wait on its own reads. Again
     // after, for files the catalog creates now (a first start).
-    warn_if_store_shares_the_filesystem(tree);
     silence_own_files(&group, tree)?;
     let mut catalog = tree.catalog()?;
     catalog.count_files()?;
+    // Its marker too, should the store share the tree's filesystem.
+    let _ = group.add_ignore_path(
+        &tree.config().store.join(crate::store::MARKER),
+        WATCHED,
+        false,
+    );
     let store = tree.store()?;
     silence_own_files(&group, tree)?;
     group
@@ -210,23 +215,6 @@ enum Stopped {
     /// `--replace`: stopped reading, answered what it had read; the queue
     /// and the group stay for the next daemon.
     HandedOver,
-}
-
-/// The daemon's own reads of a store on the tree's filesystem raise
-/// events to itself: answered at once while it serves, but not while it
-/// redrives a dead predecessor's events at start-up, when it would wait on
-/// itself. Say so loudly.
-fn warn_if_store_shares_the_filesystem(tree: &Tree) {
-    use std::os::unix::fs::MetadataExt;
-    let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-    if dev(tree.root()).is_some() && dev(tree.root()) == dev(&tree.config().store) {
-        tracing::warn!(
-            "the store {} is on the same filesystem as the tree {}: after a crash with reads pending, \
-             the restarted daemon can wait on its own reads of the store; keep the store on another filesystem",
-            tree.config().store.display(),
-            tree.root().display()
-        );
-    }
 }
 
 /// Put non-evictable ignore marks on the files in `.ebb/`: the daemon reads

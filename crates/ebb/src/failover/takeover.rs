@@ -28,7 +28,7 @@ use super::inflight::{InflightTable, Pending};
 use super::keeper::KeeperClient;
 use crate::catalog::Catalog;
 use crate::hsm::{fill_range, NoProgress};
-use crate::store::Store;
+use crate::store::{chunks_overlapping, Store};
 use crate::sys::fanotify::{self, EventId, Group, InitOptions, Response};
 use crate::sys::fdtable;
 use crate::sys::handle::{handle_of, open_by_handle};
@@ -196,7 +196,7 @@ pub fn redrive(
         };
         let mut response = Response::Allow;
         for file in files {
-            if let Err(e) = fill_if_stub(catalog, store, &file, start, count) {
+            if let Err(e) = fill_if_stub(catalog, store, group, &file, start, count) {
                 tracing::error!(
                     "redriving event {} of pid {}: {e:#}; the reader gets EIO",
                     p.fd,
@@ -224,6 +224,7 @@ pub fn redrive(
 fn fill_if_stub(
     catalog: &mut Catalog,
     store: &Store,
+    group: &Group,
     file: &File,
     start: u64,
     count: u64,
@@ -234,6 +235,15 @@ fn fill_if_stub(
     };
     if rec.resident.is_complete() {
         return Ok(());
+    }
+    // Nothing reads events yet: a store on the tree's filesystem would make
+    // this daemon wait on its own reads of the chunks. Silence them first.
+    let manifest = &rec.version.manifest;
+    for chunk in &manifest[chunks_overlapping(manifest, start, start.saturating_add(count.max(1)))]
+    {
+        if let Some(path) = store.local_path(&chunk.hash) {
+            let _ = group.add_ignore_path(&path, crate::daemon::WATCHED, true);
+        }
     }
     let quiet = File::from(fanotify::reopen_nonotify(file.as_fd(), libc::O_RDWR)?);
     fill_range(catalog, store, &quiet, &mut rec, start, count, &NoProgress)

@@ -203,6 +203,10 @@ impl Backend for LocalDir {
         Ok(())
     }
 
+    fn local_path(&self, hash: &ChunkHash) -> Option<PathBuf> {
+        Some(self.fan_out(hash).1)
+    }
+
     fn describe(&self) -> String {
         format!("local directory {}", self.root.display())
     }

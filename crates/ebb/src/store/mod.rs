@@ -144,6 +144,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn sync(&self) -> Result<(), StoreError>;
     /// For humans, e.g. "local directory /var/lib/ebb/store".
     fn describe(&self) -> String;
+    /// The local file that holds `hash`, for backends that have one (the
+    /// daemon silences it before reading it in some cases).
+    fn local_path(&self, _hash: &ChunkHash) -> Option<PathBuf> {
+        None
+    }
 }
 
 const MAGIC: [u8; 4] = *b"EBC1";
@@ -208,6 +213,11 @@ impl Store {
     /// Make every chunk put so far durable.
     pub fn sync(&self) -> Result<(), StoreError> {
         self.backend.sync()
+    }
+
+    /// The local file that holds `hash`, if the backend has one.
+    pub fn local_path(&self, hash: &ChunkHash) -> Option<PathBuf> {
+        self.backend.local_path(hash)
     }
 
     /// For humans: which backend, where.
