@@ -186,6 +186,7 @@ fn a_fanotify_group_survives_its_creator() {
         nonblock: true,
         unlimited_queue: false,
         event_open_flags: libc::O_RDONLY,
+        report: 0,
     })
     .expect("fanotify_init");
     let f = File::open(&watched).expect("open");

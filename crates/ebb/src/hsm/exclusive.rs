@@ -53,6 +53,7 @@ impl Exclusive {
             nonblock: true,
             unlimited_queue: true,
             event_open_flags: libc::O_RDONLY,
+            report: 0,
         })
         .context("creating the open guard (fanotify_init)")?;
         guard

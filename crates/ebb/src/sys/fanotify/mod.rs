@@ -50,6 +50,10 @@ pub struct InitOptions {
     pub unlimited_queue: bool,
     /// `open(2)` flags for the fds the kernel opens for events.
     pub event_open_flags: libc::c_int,
+    /// Extra `FAN_REPORT_*` flags, e.g. `FAN_REPORT_DFID_NAME_TARGET` for a
+    /// notification group that reports directories and names instead of
+    /// fds (events then carry [`FidInfo`] records; no fds).
+    pub report: libc::c_uint,
 }
 
 impl InitOptions {
@@ -61,6 +65,7 @@ impl InitOptions {
             nonblock: true,
             unlimited_queue: true,
             event_open_flags: libc::O_RDWR | libc::O_LARGEFILE,
+            report: 0,
         }
     }
 }
@@ -118,6 +123,33 @@ pub struct Event {
     pub pid: i32,
     /// For `FAN_PRE_ACCESS`: the accessed range as (offset, count).
     pub range: Option<(u64, u64)>,
+    /// File-handle records of a group with `FAN_REPORT_*FID*` flags.
+    pub fids: Vec<FidInfo>,
+}
+
+/// `FAN_EVENT_INFO_TYPE_FID`: the object's own handle.
+pub const INFO_FID: u8 = 1;
+/// `FAN_EVENT_INFO_TYPE_DFID_NAME`: the parent directory and the name.
+pub const INFO_DFID_NAME: u8 = 2;
+/// `FAN_EVENT_INFO_TYPE_DFID`: the parent directory.
+pub const INFO_DFID: u8 = 3;
+/// `FAN_EVENT_INFO_TYPE_OLD_DFID_NAME`: where a `FAN_RENAME` came from.
+pub const INFO_OLD_DFID_NAME: u8 = 10;
+/// `FAN_EVENT_INFO_TYPE_NEW_DFID_NAME`: where a `FAN_RENAME` went.
+pub const INFO_NEW_DFID_NAME: u8 = 12;
+
+/// One `struct fanotify_event_info_fid` record: a file handle (of the
+/// object, or of a directory), with the entry name for the `*_NAME` kinds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FidInfo {
+    /// One of the `INFO_*` kinds above (others are kept as they come).
+    pub kind: u8,
+    /// The filesystem id (`__kernel_fsid_t`).
+    pub fsid: [i32; 2],
+    pub handle: crate::sys::handle::FileHandle,
+    /// The name in the directory, without its NUL (raw bytes: a name need
+    /// not be UTF-8).
+    pub name: Option<Vec<u8>>,
 }
 
 impl Event {
@@ -149,7 +181,7 @@ impl Group {
     /// `fanotify_init(2)`.
     #[doc(alias = "fanotify_init")]
     pub fn new(opts: InitOptions) -> io::Result<Group> {
-        let mut flags = libc::FAN_CLOEXEC | libc::FAN_UNLIMITED_MARKS;
+        let mut flags = libc::FAN_CLOEXEC | libc::FAN_UNLIMITED_MARKS | opts.report;
         flags |= match opts.class {
             Class::Notif => libc::FAN_CLASS_NOTIF,
             Class::Content => libc::FAN_CLASS_CONTENT,
@@ -367,13 +399,14 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// One event as the kernel wrote it, fd as a plain number: what a buffer
 /// filled by a daemon that has since died still tells (see
 /// [`parse_records`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub mask: u64,
     /// The event's fd number in the reading process, or negative.
     pub fd: i32,
     pub pid: i32,
     pub range: Option<(u64, u64)>,
+    pub fids: Vec<FidInfo>,
 }
 
 impl Record {
@@ -405,11 +438,13 @@ pub fn parse_records(mut b: &[u8]) -> (Vec<Record>, Option<&'static str>) {
         if b[4] != FANOTIFY_METADATA_VERSION {
             return (records, Some("unknown fanotify metadata version"));
         }
+        let info = &b[metadata_len.min(event_len)..event_len];
         records.push(Record {
             mask: u64_at(b, 8),
             fd: u32_at(b, 16) as i32,
             pid: u32_at(b, 20) as i32,
-            range: parse_range(&b[metadata_len.min(event_len)..event_len]),
+            range: parse_range(info),
+            fids: parse_fids(info),
         });
         b = &b[event_len..];
     }
@@ -436,6 +471,7 @@ fn take_events(b: &[u8]) -> io::Result<Vec<Event>> {
             file: (r.fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r.fd) }),
             pid: r.pid,
             range: r.range,
+            fids: r.fids,
         })
         .collect())
 }
@@ -457,6 +493,54 @@ fn parse_range(mut info: &[u8]) -> Option<(u64, u64)> {
     None
 }
 
+/// The file-handle records among an event's info records. A record that
+/// does not hold together ends the list (what came before is kept).
+fn parse_fids(mut info: &[u8]) -> Vec<FidInfo> {
+    let mut out = Vec::new();
+    while info.len() >= 4 {
+        let kind = info[0];
+        let len = u16_at(info, 2) as usize;
+        if len < 4 || len > info.len() {
+            break;
+        }
+        let rec = &info[..len];
+        info = &info[len..];
+        if !matches!(
+            kind,
+            INFO_FID | INFO_DFID_NAME | INFO_DFID | INFO_OLD_DFID_NAME | INFO_NEW_DFID_NAME
+        ) {
+            continue;
+        }
+        // header (4) | fsid (8) | handle_bytes u32 | handle_type i32 | f_handle | [name NUL]
+        if rec.len() < 20 {
+            break;
+        }
+        let handle_len = u32_at(rec, 12) as usize;
+        let Some(handle) = rec.get(20..20 + handle_len) else {
+            break;
+        };
+        let name = match kind {
+            INFO_DFID_NAME | INFO_OLD_DFID_NAME | INFO_NEW_DFID_NAME => {
+                let tail = &rec[20 + handle_len..];
+                tail.iter()
+                    .position(|&c| c == 0)
+                    .map(|end| tail[..end].to_vec())
+            }
+            _ => None,
+        };
+        out.push(FidInfo {
+            kind,
+            fsid: [u32_at(rec, 4) as i32, u32_at(rec, 8) as i32],
+            handle: crate::sys::handle::FileHandle {
+                handle_type: u32_at(rec, 16) as i32,
+                bytes: handle.to_vec(),
+            },
+            name,
+        });
+    }
+    out
+}
+
 /// Open `file` again with `flags` as an fd that raises no fanotify events
 /// (`FMODE_NONOTIFY`), the kind the kernel gives fanotify listeners.
 ///
@@ -470,6 +554,7 @@ pub fn reopen_nonotify(file: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<O
         nonblock: false,
         unlimited_queue: false,
         event_open_flags: flags | libc::O_LARGEFILE,
+        report: 0,
     })?;
     group.mark_inode(file, FAN_OPEN)?;
     let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());

@@ -166,6 +166,7 @@ fn open_perm_holds_an_open_until_the_group_goes_away() {
         nonblock: true,
         unlimited_queue: true,
         event_open_flags: libc::O_RDONLY,
+        report: 0,
     })
     .expect("content group");
     hold.mark_inode(f.as_fd(), FAN_OPEN_PERM)
@@ -175,4 +176,97 @@ fn open_perm_holds_an_open_until_the_group_goes_away() {
     assert!(!opener.is_finished(), "the open waits for the group");
     drop(hold);
     assert_eq!(opener.join().expect("join").expect("read"), b"x");
+}
+
+/// What the change journal will stand on: a notification group reporting
+/// directory handles and names (`FAN_REPORT_DFID_NAME_TARGET`) sees a
+/// create, a rename (old and new name in one `FAN_RENAME` event) and a
+/// delete, each naming the directory by the handle `name_to_handle_at`
+/// gives for it.
+#[test]
+fn dfid_name_events_name_the_directory_and_the_entry() {
+    use crate::sys::handle::handle_of;
+    crate::require_root!();
+    let fs = LoopFs::xfs(300).expect("loop xfs");
+    let dir = fs.path().join("d");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let (dir_handle, _) =
+        handle_of(std::fs::File::open(&dir).expect("open dir").as_fd()).expect("handle");
+    let group = Group::new(InitOptions {
+        class: Class::Notif,
+        nonblock: true,
+        unlimited_queue: false,
+        event_open_flags: libc::O_RDONLY,
+        report: libc::FAN_REPORT_DFID_NAME_TARGET,
+    })
+    .expect("fid group");
+    group
+        .mark_filesystem(
+            fs.path(),
+            libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_RENAME | libc::FAN_ONDIR,
+        )
+        .expect("fs mark");
+    std::fs::write(dir.join("a"), b"x").expect("create");
+    std::fs::rename(dir.join("a"), dir.join("b")).expect("rename");
+    std::fs::remove_file(dir.join("b")).expect("delete");
+
+    let mut buf = EventBuffer::default();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.len() < 3 && Instant::now() < deadline {
+        seen.extend(group.read_events(&mut buf).expect("read"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let name_in = |ev: &Event, kind: u8| {
+        ev.fids
+            .iter()
+            .find(|f| f.kind == kind)
+            .map(|f| (f.handle.clone(), f.name.clone().unwrap_or_default()))
+    };
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.iter().all(|e| e.file.is_none()), "no fds in FID mode");
+    assert_eq!(seen[0].mask & libc::FAN_CREATE, libc::FAN_CREATE);
+    assert_eq!(
+        name_in(&seen[0], INFO_DFID_NAME),
+        Some((dir_handle.clone(), b"a".to_vec()))
+    );
+    assert_eq!(seen[1].mask & libc::FAN_RENAME, libc::FAN_RENAME);
+    assert_eq!(
+        name_in(&seen[1], INFO_OLD_DFID_NAME),
+        Some((dir_handle.clone(), b"a".to_vec()))
+    );
+    assert_eq!(
+        name_in(&seen[1], INFO_NEW_DFID_NAME),
+        Some((dir_handle.clone(), b"b".to_vec()))
+    );
+    assert_eq!(seen[2].mask & libc::FAN_DELETE, libc::FAN_DELETE);
+    assert_eq!(
+        name_in(&seen[2], INFO_DFID_NAME),
+        Some((dir_handle, b"b".to_vec()))
+    );
+    assert!(
+        seen[0].fids.iter().any(|f| f.kind == INFO_FID),
+        "the created file's own handle comes too (FAN_REPORT_TARGET_FID)"
+    );
+}
+
+#[test]
+fn fid_records_that_do_not_hold_together_are_dropped_not_misread() {
+    // A DFID_NAME record claiming a 64-byte handle in a 28-byte record.
+    let mut rec = vec![INFO_DFID_NAME, 0, 28, 0];
+    rec.extend_from_slice(&[0; 8]); // fsid
+    rec.extend_from_slice(&64u32.to_ne_bytes());
+    rec.extend_from_slice(&1i32.to_ne_bytes());
+    rec.extend_from_slice(b"abcdefgh");
+    assert!(parse_fids(&rec).is_empty());
+    // The same record with an honest 4-byte handle and a name.
+    let mut ok = vec![INFO_DFID_NAME, 0, 28, 0];
+    ok.extend_from_slice(&[0; 8]);
+    ok.extend_from_slice(&4u32.to_ne_bytes());
+    ok.extend_from_slice(&1i32.to_ne_bytes());
+    ok.extend_from_slice(b"\x01\x02\x03\x04ab\0\0");
+    let fids = parse_fids(&ok);
+    assert_eq!(fids.len(), 1);
+    assert_eq!(fids[0].handle.bytes, vec![1, 2, 3, 4]);
+    assert_eq!(fids[0].name.as_deref(), Some(&b"ab"[..]));
 }
