@@ -211,7 +211,12 @@ impl Populator {
 
     fn on_access(&mut self, file: File, pid: i32, range: Option<(u64, u64)>) {
         let id = EventId::of(&file);
+        // The event's fd is closed before the answer, not after: once
+        // answered, the reader may go on to `ebb release`, whose lease must
+        // not find the daemon still holding the file. (The number cannot
+        // be handed out meanwhile: only this thread reads events.)
         if pid == self.own_pid {
+            drop(file);
             self.respond(id, Response::Allow);
             return;
         }
@@ -219,6 +224,7 @@ impl Populator {
             Ok(Some(stub)) => stub,
             Ok(None) => {
                 self.ignore(&file);
+                drop(file);
                 self.respond(id, Response::Allow);
                 return;
             }
@@ -226,6 +232,7 @@ impl Populator {
                 // Not knowing whether this is a stub, allowing could hand
                 // out zeros: refuse the access instead, loudly.
                 tracing::error!("cannot tell whether an accessed file is managed: {e:#}");
+                drop(file);
                 self.respond(id, Response::DenyErrno(libc::EIO));
                 return;
             }
@@ -233,6 +240,7 @@ impl Populator {
         let (start, count) = range.unwrap_or((0, u64::MAX));
         if let Err(e) = self.note_size(stub, &file) {
             tracing::error!("cannot check the size of an accessed stub: {e:#}");
+            drop(file);
             self.respond(id, Response::DenyErrno(libc::EIO));
             return;
         }
@@ -246,6 +254,7 @@ impl Populator {
         entry.last_access_end = chunks.end;
         let missing: Vec<usize> = entry.resident.missing_in(chunks.clone()).collect();
         if missing.is_empty() {
+            drop(file);
             self.respond(id, Response::Allow);
             if sequential {
                 self.read_ahead_after(stub, chunks.end);
@@ -469,15 +478,17 @@ impl Populator {
             .map(|(id, _)| *id)
             .collect();
         for id in ready {
-            let Some(w) = self.waiting.get(&id) else {
+            // Out of the table (closing its fd) before the answer, as in
+            // `on_access`.
+            let Some(w) = self.waiting.remove(&id) else {
                 continue;
             };
             let response = match (&w.failure, &recorded) {
                 (None, Ok(())) => Response::Allow,
                 _ => Response::DenyErrno(libc::EIO),
             };
+            drop(w);
             self.respond(id, response);
-            self.waiting.remove(&id);
         }
         let done: Vec<FileId> = self
             .stubs
