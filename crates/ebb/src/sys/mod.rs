@@ -11,6 +11,7 @@
 //! caught by `cargo test`, not by a user reading zeros.
 #![allow(unsafe_code)]
 
+pub mod extents;
 pub mod fanotify;
 pub mod fdtable;
 pub mod file;
