@@ -843,13 +843,7 @@ fn a_store_on_the_trees_filesystem_does_not_stall_the_takeover() {
     env.root = env.fs.path().join("tree");
     env.store = env.fs.path().join("store");
     std::fs::create_dir(&env.root).expect("mkdir tree");
-    ebb([
-        OsStr::new("init"),
-        env.root.as_os_str(),
-        OsStr::new("--store"),
-        env.store.as_os_str(),
-    ])
-    .ok();
+    env.init();
     let fix = Fix::from_env(env);
     let data = random_bytes(8 * MIB);
     let path = fix.env.path("same-fs.bin");

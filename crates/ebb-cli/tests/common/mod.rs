@@ -368,14 +368,19 @@ impl Env {
     /// A `size_mib` MiB XFS whose mount point is the managed tree.
     pub fn new(size_mib: u64) -> Env {
         let env = Env::bare(size_mib);
+        env.init();
+        env
+    }
+
+    /// `ebb init ROOT --store STORE`, which must succeed.
+    pub fn init(&self) {
         ebb([
             OsStr::new("init"),
-            env.root.as_os_str(),
+            self.root.as_os_str(),
             OsStr::new("--store"),
-            env.store.as_os_str(),
+            self.store.as_os_str(),
         ])
         .ok();
-        env
     }
 
     /// The filesystem, not yet managed (`root` is its mount point).
