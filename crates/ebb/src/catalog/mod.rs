@@ -252,11 +252,6 @@ impl Catalog {
         Ok(())
     }
 
-    /// Where the database lives.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// `PRAGMA integrity_check`: `Ok(())` if the database is sound.
     pub fn check_integrity(&self) -> Result<()> {
         let verdict: String = self

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 
+use super::layout::{get_handle, get_i64, get_u32, put_handle, put_i64, put_u32, HANDLE_FIELD};
 use crate::sys::file::Timestamp;
 use crate::sys::handle::FileHandle;
 use crate::sys::shm::SharedMemory;
@@ -25,8 +26,7 @@ const VERSION: u32 = 1;
 const HEADER: usize = 16;
 /// Fill workers the journal has room for.
 pub const MAX_WORKERS: usize = 64;
-const HANDLE_MAX: usize = 128;
-const ENTRY: usize = 32 + HANDLE_MAX;
+const ENTRY: usize = 24 + HANDLE_FIELD;
 const SIZE: usize = HEADER + MAX_WORKERS * ENTRY;
 
 /// A fill a dead daemon did not finish: put this mtime back on this file.
@@ -66,18 +66,19 @@ impl FillJournal {
             if get_u32(b, e) != 1 {
                 continue;
             }
-            let len = (get_u32(b, e + 28) as usize).min(HANDLE_MAX);
-            left.push(Interrupted {
-                mtime: Timestamp {
-                    sec: get_i64(b, e + 8),
-                    nsec: get_i64(b, e + 16),
-                },
-                handle: FileHandle {
-                    handle_type: get_u32(b, e + 24) as i32,
-                    bytes: b[e + 32..e + 32 + len].to_vec(),
-                },
-            });
-            b[e..e + 4].copy_from_slice(&0u32.to_ne_bytes());
+            match get_handle(b, e + 24) {
+                Some(handle) => left.push(Interrupted {
+                    mtime: Timestamp {
+                        sec: get_i64(b, e + 8),
+                        nsec: get_i64(b, e + 16),
+                    },
+                    handle,
+                }),
+                None => tracing::warn!(
+                    "fill journal entry {worker} is damaged; its mtime cannot be put back"
+                ),
+            }
+            put_u32(b, e, 0);
         }
         Ok((
             FillJournal {
@@ -95,19 +96,18 @@ impl FillJournal {
     /// Worker `worker` is about to write into `handle`'s file, whose mtime
     /// is `mtime`.
     pub fn begin(&self, worker: usize, handle: &FileHandle, mtime: Timestamp) {
-        if worker >= MAX_WORKERS || handle.bytes.len() > HANDLE_MAX {
+        if worker >= MAX_WORKERS {
             return;
         }
         let Ok(mut mem) = self.mem.lock() else { return };
         let b = mem.bytes_mut();
         let e = HEADER + worker * ENTRY;
-        b[e + 8..e + 16].copy_from_slice(&mtime.sec.to_ne_bytes());
-        b[e + 16..e + 24].copy_from_slice(&mtime.nsec.to_ne_bytes());
-        b[e + 24..e + 28].copy_from_slice(&handle.handle_type.to_ne_bytes());
-        b[e + 28..e + 32].copy_from_slice(&(handle.bytes.len() as u32).to_ne_bytes());
-        b[e + 32..e + 32 + handle.bytes.len()].copy_from_slice(&handle.bytes);
-        // The state last: an entry is whole once it says "writing".
-        b[e..e + 4].copy_from_slice(&1u32.to_ne_bytes());
+        put_i64(b, e + 8, mtime.sec);
+        put_i64(b, e + 16, mtime.nsec);
+        if put_handle(b, e + 24, handle) {
+            // The state last: an entry is whole once it says "writing".
+            put_u32(b, e, 1);
+        }
     }
 
     /// Worker `worker` has put the mtime back.
@@ -116,20 +116,9 @@ impl FillJournal {
             return;
         }
         if let Ok(mut mem) = self.mem.lock() {
-            let e = HEADER + worker * ENTRY;
-            mem.bytes_mut()[e..e + 4].copy_from_slice(&0u32.to_ne_bytes());
+            put_u32(mem.bytes_mut(), HEADER + worker * ENTRY, 0);
         }
     }
-}
-
-fn get_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn get_i64(b: &[u8], at: usize) -> i64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    i64::from_ne_bytes(a)
 }
 
 #[cfg(test)]

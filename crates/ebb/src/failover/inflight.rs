@@ -38,8 +38,7 @@ use std::os::fd::BorrowedFd;
 
 use anyhow::{bail, Result};
 
-#[cfg(test)]
-use crate::sys::fanotify::EventId;
+use super::layout::{get_handle, get_u32, put_handle, put_u32, HANDLE_FIELD};
 use crate::sys::fanotify::{parse_records, Event, Group};
 use crate::sys::handle::FileHandle;
 use crate::sys::shm::SharedMemory;
@@ -53,8 +52,7 @@ const SLOTS: usize = 64;
 const BUF: usize = 4096;
 /// Events one read may return (the smallest event is 24 bytes).
 const MAX_EVENTS: usize = BUF / 24;
-const HANDLE_MAX: usize = 128;
-const ENTRY: usize = 12 + HANDLE_MAX;
+const ENTRY: usize = 4 + HANDLE_FIELD;
 const ENTRIES_AT: usize = 8;
 const BUF_AT: usize = ENTRIES_AT + MAX_EVENTS * ENTRY;
 const SLOT_SIZE: usize = BUF_AT + BUF;
@@ -153,7 +151,7 @@ impl InflightTable {
             if !r.is_permission() || r.fd < 0 || flags & ANSWERED != 0 {
                 continue;
             }
-            let handle = (flags & HANDLE_RECORDED != 0).then(|| read_handle(b, entry));
+            let handle = (flags & HANDLE_RECORDED != 0).then(|| get_handle(b, entry + 4));
             out.push(Pending {
                 fd: r.fd,
                 pid: r.pid,
@@ -222,16 +220,12 @@ impl InflightTable {
         let Some(&(slot, i)) = self.by_fd.get(&fd) else {
             return;
         };
-        if handle.bytes.len() > HANDLE_MAX {
-            return;
-        }
         let entry = slot_base(slot) + ENTRIES_AT + i * ENTRY;
         let b = self.mem.bytes_mut();
-        put_u32(b, entry + 4, handle.handle_type as u32);
-        put_u32(b, entry + 8, handle.bytes.len() as u32);
-        b[entry + 12..entry + 12 + handle.bytes.len()].copy_from_slice(&handle.bytes);
-        let flags = get_u32(b, entry);
-        put_u32(b, entry, flags | HANDLE_RECORDED);
+        if put_handle(b, entry + 4, handle) {
+            let flags = get_u32(b, entry);
+            put_u32(b, entry, flags | HANDLE_RECORDED);
+        }
     }
 
     /// The event `fd` has been answered; its slot is free once all are.
@@ -255,6 +249,7 @@ impl InflightTable {
     }
 
     /// Events read and not answered.
+    #[cfg(test)]
     pub fn unanswered(&self) -> usize {
         self.by_fd.len()
     }
@@ -262,22 +257,6 @@ impl InflightTable {
 
 fn slot_base(slot: usize) -> usize {
     HEADER + slot * SLOT_SIZE
-}
-
-fn read_handle(b: &[u8], entry: usize) -> Option<FileHandle> {
-    let len = get_u32(b, entry + 8) as usize;
-    (len <= HANDLE_MAX).then(|| FileHandle {
-        handle_type: get_u32(b, entry + 4) as i32,
-        bytes: b[entry + 12..entry + 12 + len].to_vec(),
-    })
-}
-
-fn get_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 pub mod fills;
 pub mod inflight;
 pub mod keeper;
+mod layout;
 pub mod takeover;
 
 /// Test hook: with `EBB_TEST_CRASH=POINT` (or `POINT:N`, the Nth time) in

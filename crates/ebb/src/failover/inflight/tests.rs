@@ -1,5 +1,5 @@
 use super::*;
-use crate::sys::fanotify::{InitOptions, Response, FAN_PRE_ACCESS};
+use crate::sys::fanotify::{EventId, InitOptions, Response, FAN_PRE_ACCESS};
 use crate::sys::handle::handle_of;
 use crate::testing::LoopFs;
 use std::os::fd::AsFd;
