@@ -3,6 +3,7 @@
 
 mod bench;
 mod files;
+mod snapshot;
 
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -110,6 +111,38 @@ enum Command {
         #[arg(long)]
         socket: PathBuf,
     },
+    /// Take a point-in-time clone of a file while it is in use.
+    ///
+    /// Clones SRC to DST on the same filesystem (XFS made with reflink=1,
+    /// or btrfs), a few extents at a time so that no writer of SRC waits
+    /// long. DST is SRC as it was when the command started: from then on,
+    /// a write to a range not cloned yet waits until that range is cloned.
+    /// The daemon serving SRC's tree does the work: it must be running.
+    ///
+    /// The clone goes to DST.ebb-partial and is renamed to DST only when
+    /// complete. If this command is interrupted the daemon goes on; run it
+    /// again to follow it. If the daemon dies, it finishes the snapshot
+    /// when it starts again; after a reboot the partial file is removed.
+    ///
+    /// Refused when a process has SRC mapped shared and writable, or has
+    /// had it open for writing since before the daemon first watched the
+    /// filesystem (their writes cannot be held back).
+    ///
+    /// With --json, one object when done: src, dst, size, units, seconds,
+    /// cloned_bytes, clone_calls, longest_clone_us, units_cloned_early,
+    /// state ("done").
+    Snapshot {
+        /// The file to snapshot.
+        src: PathBuf,
+        /// Where the snapshot goes (must not exist, unless --force).
+        dst: PathBuf,
+        /// Replace DST if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The byte ranges where FILE may differ from BASE, a reflink clone
     /// (snapshot) of an earlier state of it, from their extent maps alone
     /// (no data is read). Never leaves a change out; exact to the block.
@@ -198,7 +231,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 serve(&tree, workers, replace, notify_ready)
             }
         }
-        Command::ChangedRanges { base, file, json } => changed_ranges(&base, &file, json),
+        Command::ChangedRanges { base, file, json } => snapshot::changed_ranges(&base, &file, json),
+        Command::Snapshot {
+            src,
+            dst,
+            force,
+            json,
+        } => snapshot::snapshot(&src, &dst, force, json),
         Command::Keeper { socket } => {
             crate::failover::keeper::keeper_main(&socket)?;
             Ok(ExitCode::SUCCESS)
@@ -223,34 +262,6 @@ fn init(dir: &Path, store: &Path, json: bool) -> Result<ExitCode> {
             "managing {} (store {})",
             tree.root().display(),
             tree.config().store.display()
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn changed_ranges(base: &Path, file: &Path, json: bool) -> Result<ExitCode> {
-    let ranges = crate::snapshot::changed_ranges(base, file)?;
-    let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
-    for r in &ranges {
-        if json {
-            println!(
-                "{}",
-                serde_json::json!({"start": r.start, "end": r.end, "length": r.end - r.start})
-            );
-        } else {
-            println!(
-                "{:>14} {:>14}  {}",
-                r.start,
-                r.end,
-                indicatif::HumanBytes(r.end - r.start)
-            );
-        }
-    }
-    if !json {
-        eprintln!(
-            "{} changed range(s), {} in all",
-            ranges.len(),
-            indicatif::HumanBytes(total)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -37,6 +37,11 @@ pub enum Request {
     /// Stop reading events, answer those read, then exit leaving the group
     /// with the keeper: a new daemon is taking over. Answered once done.
     Handover,
+    /// Start a snapshot (`ebb snapshot`), or report on the one to `dst`.
+    Snapshot(crate::snapshot::start::Request),
+    /// How far the snapshot to `dst` is.
+    #[serde(rename = "snapshot-status")]
+    SnapshotStatus { dst: std::path::PathBuf },
 }
 
 /// The pid of the daemon serving `tree`, if one is.
@@ -201,6 +206,32 @@ fn forget_in_kept_group(tree: &Tree, file: &File) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Ask the daemon serving `tree` to take (or report on) a snapshot.
+pub fn snapshot(tree: &Tree, req: crate::snapshot::start::Request) -> Result<serde_json::Value> {
+    let pid = daemon_pid(tree)?.with_context(|| no_daemon(tree))?;
+    call(&connect(tree, pid)?, &Request::Snapshot(req), None)
+}
+
+/// How far the snapshot to `dst` is, from the daemon serving `tree`.
+pub fn snapshot_status(tree: &Tree, dst: &std::path::Path) -> Result<serde_json::Value> {
+    let pid = daemon_pid(tree)?.with_context(|| no_daemon(tree))?;
+    call(
+        &connect(tree, pid)?,
+        &Request::SnapshotStatus {
+            dst: dst.to_path_buf(),
+        },
+        None,
+    )
+}
+
+fn no_daemon(tree: &Tree) -> String {
+    format!(
+        "no ebb daemon is serving {}: start it (ebb daemon {} --background); snapshots need it to hold writers back while they clone",
+        tree.root().display(),
+        tree.root().display()
+    )
 }
 
 /// The counters of the daemon serving `tree`.

@@ -16,8 +16,10 @@
 pub mod control;
 mod fill;
 mod populate;
+mod snapshots;
 
 pub use populate::{Stats, WATCHED};
+pub use snapshots::monotonic_ns;
 
 use std::fs::File;
 use std::io::Write;
@@ -116,6 +118,23 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
             )
         })?;
 
+    let wake = Arc::new(EventFd::from_value_and_flags(
+        0,
+        EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+    )?);
+    let poke = {
+        let wake = wake.clone();
+        move || {
+            let _ = wake.write(1);
+        }
+    };
+    let (snap_tx, snap_rx) = crossbeam_channel::unbounded();
+    let mut snapshots =
+        snapshots::Snapshots::new(tree, keeper.pid()?, snap_tx, Arc::new(poke.clone()));
+    // Before any kept event is answered: writers waiting on a snapshot's
+    // source must not go on before its units are in.
+    snapshots.finish_recorded();
+
     takeover::restore_mtimes(tree, &interrupted)?;
     if !pending.is_empty() {
         let started = std::time::Instant::now();
@@ -129,17 +148,6 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
         );
     }
     drop(reserved);
-
-    let wake = Arc::new(EventFd::from_value_and_flags(
-        0,
-        EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
-    )?);
-    let poke = {
-        let wake = wake.clone();
-        move || {
-            let _ = wake.write(1);
-        }
-    };
 
     let (job_tx, job_rx) = crossbeam_channel::unbounded();
     let (ahead_tx, ahead_rx) = crossbeam_channel::bounded(READ_AHEAD_CHUNKS);
@@ -177,7 +185,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
             })
         })?;
 
-    let mut populator = Populator::new(group, table, catalog, job_tx, ahead_tx);
+    let mut populator = Populator::new(group, table, catalog, job_tx, ahead_tx, snapshots);
     tracing::info!(
         "serving {} (store: {}, pid {})",
         tree.root().display(),
@@ -187,7 +195,12 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     if let Some(ready) = opts.on_ready {
         ready();
     }
-    let result = event_loop(tree, &mut populator, &sigfd, &wake, &done_rx, &ctl_rx);
+    let channels = Channels {
+        fills: done_rx,
+        control: ctl_rx,
+        snapshots: snap_rx,
+    };
+    let result = event_loop(tree, &mut populator, &sigfd, &wake, &channels);
     let _ = std::fs::remove_file(&socket);
     match &result {
         // A clean stop: nothing is pending, so the group may close; the
@@ -234,13 +247,19 @@ fn silence_own_files(group: &Group, tree: &Tree) -> Result<()> {
     Ok(())
 }
 
+/// What the loop hears from its threads.
+struct Channels {
+    fills: Receiver<FillDone>,
+    control: Receiver<Incoming>,
+    snapshots: Receiver<snapshots::Msg>,
+}
+
 fn event_loop(
     tree: &Tree,
     populator: &mut Populator,
     sigfd: &SignalFd,
     wake: &EventFd,
-    done: &Receiver<FillDone>,
-    control: &Receiver<Incoming>,
+    channels: &Channels,
 ) -> Result<Stopped> {
     let mut stopping = false;
     let mut handover: Option<Incoming> = None;
@@ -284,13 +303,16 @@ fn event_loop(
         }
         let _ = wake.read(); // reset; EAGAIN when nothing poked
         loop {
-            match done.try_recv() {
+            match channels.fills.try_recv() {
                 Ok(d) => populator.on_fill_done(d),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => anyhow::bail!("every fill worker died"),
             }
         }
-        while let Ok(incoming) = control.try_recv() {
+        while let Ok(msg) = channels.snapshots.try_recv() {
+            on_snapshot_msg(populator, msg);
+        }
+        while let Ok(incoming) = channels.control.try_recv() {
             if let Request::Handover = incoming.request {
                 tracing::info!("handing over: no more reads; finishing what was read");
                 handover = Some(incoming);
@@ -326,9 +348,31 @@ fn serve_request(populator: &mut Populator, incoming: Incoming) {
             None => Err("forget needs the file's fd attached".to_string()),
         },
         Request::Stats => serde_json::to_value(populator.stats()).map_err(|e| e.to_string()),
+        Request::Snapshot(req) => {
+            // Answered once prepared (off the loop) and started.
+            populator.snapshots.request(req, incoming.reply);
+            return;
+        }
+        Request::SnapshotStatus { dst } => populator.snapshots.status(&dst),
         Request::Handover => Err("handover is answered by the loop".to_string()),
     };
     let _ = incoming.reply.send(reply);
+}
+
+fn on_snapshot_msg(populator: &mut Populator, msg: snapshots::Msg) {
+    match msg {
+        snapshots::Msg::Prepared { prepared, reply } => {
+            let started =
+                prepared.and_then(|p| populator.start_snapshot(p).map_err(|e| format!("{e:#}")));
+            let _ = reply.send(started);
+        }
+        snapshots::Msg::Ready(id) => populator.on_snapshot_ready(id),
+        snapshots::Msg::Finished {
+            handle,
+            dst,
+            result,
+        } => populator.snapshots.on_finished(&handle, dst, result),
+    }
 }
 
 /// For `--background`: tell the parent on stdout that the daemon serves,

@@ -26,6 +26,7 @@ use anyhow::{Context, Result};
 use crossbeam_channel::Sender;
 
 use super::fill::FillJob;
+use super::snapshots::Snapshots;
 use crate::catalog::{Catalog, FileId, FileRecord, Residency, StatSnap};
 use crate::failover::inflight::InflightTable;
 use crate::store::{chunks_overlapping, ChunkRef};
@@ -122,6 +123,8 @@ pub struct Populator {
     jobs: Sender<FillJob>,
     read_ahead: Sender<ChunkRef>,
     stats: Stats,
+    /// Snapshots being taken: their sources' accesses wait for clones.
+    pub snapshots: Snapshots,
 }
 
 impl Populator {
@@ -131,6 +134,7 @@ impl Populator {
         catalog: Catalog,
         jobs: Sender<FillJob>,
         read_ahead: Sender<ChunkRef>,
+        snapshots: Snapshots,
     ) -> Populator {
         Populator {
             group,
@@ -145,6 +149,7 @@ impl Populator {
             jobs,
             read_ahead,
             stats: Stats::default(),
+            snapshots,
         }
     }
 
@@ -220,6 +225,57 @@ impl Populator {
             self.respond(id, Response::Allow);
             return;
         }
+        if !self.snapshots.is_empty() {
+            if let Some(file) = self.hold_for_snapshot(file, id, pid, range) {
+                self.go_on_with_access(file, id, range);
+            }
+            return;
+        }
+        self.go_on_with_access(file, id, range);
+    }
+
+    /// An access to the source of a snapshot waits until the units under
+    /// it are cloned; any other access is handed back.
+    fn hold_for_snapshot(
+        &mut self,
+        file: File,
+        id: EventId,
+        pid: i32,
+        range: Option<(u64, u64)>,
+    ) -> Option<File> {
+        let Ok((handle, _)) = handle_of(file.as_fd()) else {
+            return Some(file);
+        };
+        match self.snapshots.hold(&handle, pid, range, id) {
+            None => Some(file),
+            Some(false) => {
+                drop(file);
+                self.respond(id, Response::Allow);
+                None
+            }
+            Some(true) => {
+                self.table.record_handle(id.0, &handle);
+                self.waiting.insert(
+                    id,
+                    Waiting {
+                        pending: 1,
+                        failure: None,
+                        _fd: Arc::new(file),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// The units a held access waited for are cloned.
+    pub fn on_snapshot_ready(&mut self, id: EventId) {
+        if let Some(w) = self.waiting.get_mut(&id) {
+            w.pending = w.pending.saturating_sub(1);
+        }
+    }
+
+    fn go_on_with_access(&mut self, file: File, id: EventId, range: Option<(u64, u64)>) {
         let stub = match self.lookup(&file) {
             Ok(Some(stub)) => stub,
             Ok(None) => {
@@ -549,13 +605,24 @@ impl Populator {
     /// `ebb release` is about to punch `file`: drop any ignore mark on it
     /// and anything cached, so its next access is served from the store.
     pub fn forget(&mut self, file: &File) -> Result<()> {
+        let (handle, _) = handle_of(file.as_fd())?;
+        if self.snapshots.is_source(&handle) {
+            anyhow::bail!("a snapshot of it is being taken; release it once the snapshot is done");
+        }
         self.group
             .remove_ignore(file.as_fd(), WATCHED)
             .context("removing the ignore mark")?;
-        let (handle, _) = handle_of(file.as_fd())?;
         if let Some(id) = self.by_handle.remove(&handle) {
             self.stubs.remove(&id);
         }
         Ok(())
+    }
+
+    /// Start a prepared snapshot: its point in time is now.
+    pub fn start_snapshot(
+        &mut self,
+        prepared: crate::snapshot::start::Prepared,
+    ) -> Result<serde_json::Value> {
+        self.snapshots.start(prepared, &self.group, &self.catalog)
     }
 }

@@ -1,0 +1,180 @@
+//! Checking a snapshot request and getting everything ready before its
+//! point in time: the files, the reflink check, the plan. Runs off the
+//! daemon's loop (reading a big extent map takes a while); the loop then
+//! starts the snapshot in one step.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::job::partial_path;
+use super::plan::Plan;
+use super::users;
+use crate::sys::extents::{clone_range, fiemap};
+use crate::sys::fanotify::reopen_nonotify;
+use crate::sys::handle::{handle_of, FileHandle};
+
+/// What `ebb snapshot` asks for.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Request {
+    pub src: PathBuf,
+    pub dst: PathBuf,
+    /// Replace an existing `dst`.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// A snapshot ready to start: fds that raise no events, the plan from the
+/// source's extent map as it was just before.
+pub struct Prepared {
+    pub request: Request,
+    pub handle: FileHandle,
+    pub src: File,
+    pub dst: File,
+    pub plan: Plan,
+}
+
+/// Check `req` and prepare it. `root` is the managed tree (its filesystem
+/// is the one whose writes the daemon sees); `keeper_start` is when the
+/// group's keeper started (fds opened before it may predate the mark).
+pub fn prepare(root: &Path, req: Request, keeper_start: u64) -> Result<Prepared> {
+    let (src, dst) = (&req.src, &req.dst);
+    let meta = std::fs::metadata(src).with_context(|| format!("{}", src.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", src.display());
+    }
+    let root_dev = std::fs::metadata(root)?.dev();
+    if meta.dev() != root_dev {
+        bail!(
+            "{} is not on the filesystem of the managed tree {}: only writes there can be held back",
+            src.display(),
+            root.display()
+        );
+    }
+    check_destination(src, &meta, dst, req.force)?;
+    refuse_unseen_writers(src, &meta, keeper_start)?;
+
+    let plain = File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let (handle, _) = handle_of(plain.as_fd())?;
+    let src_quiet = File::from(reopen_nonotify(plain.as_fd(), libc::O_RDONLY)?);
+    let partial = partial_path(dst);
+    // A partial file here that no running snapshot owns was left by one
+    // that cannot be finished (the daemon checked before calling us).
+    let _ = std::fs::remove_file(&partial);
+    let created = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(meta.mode() & 0o7777)
+        .open(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let _ = std::os::unix::fs::fchown(&created, Some(meta.uid()), Some(meta.gid()));
+    let dst_quiet = File::from(reopen_nonotify(created.as_fd(), libc::O_RDWR)?);
+    drop(created);
+    let ready = (|| {
+        check_reflink(&src_quiet, &dst_quiet, meta.len(), src)?;
+        let block = nix::sys::statvfs::fstatvfs(&src_quiet)?.block_size();
+        let extents = fiemap(src_quiet.as_fd(), 0, u64::MAX)
+            .with_context(|| format!("reading the extent map of {}", src.display()))?;
+        Ok(Plan::new(&extents, meta.len(), block))
+    })();
+    match ready {
+        Ok(plan) => Ok(Prepared {
+            request: req,
+            handle,
+            src: src_quiet,
+            dst: dst_quiet,
+            plan,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+fn check_destination(src: &Path, meta: &std::fs::Metadata, dst: &Path, force: bool) -> Result<()> {
+    let parent = dst.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent = parent.unwrap_or(Path::new("."));
+    let dir = std::fs::metadata(parent)
+        .with_context(|| format!("the directory {} of the snapshot", parent.display()))?;
+    if dir.dev() != meta.dev() {
+        bail!(
+            "{} and {} are on different filesystems: a snapshot shares blocks, so it must be on the source's filesystem",
+            src.display(),
+            parent.display()
+        );
+    }
+    match std::fs::symlink_metadata(dst) {
+        Ok(m) if m.dev() == meta.dev() && m.ino() == meta.ino() => {
+            bail!("{} is the source itself", dst.display())
+        }
+        Ok(m) if m.is_dir() => bail!("{} is a directory", dst.display()),
+        Ok(_) if !force => bail!(
+            "{} already exists; remove it or pass --force to replace it",
+            dst.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Refuse writers whose writes ebb could not hold back (see `users`).
+fn refuse_unseen_writers(src: &Path, meta: &std::fs::Metadata, keeper_start: u64) -> Result<()> {
+    let (dev, ino) = (meta.dev(), meta.ino());
+    if let Some(p) = users::shared_writable_mappers(dev, ino).first() {
+        bail!(
+            "{p} has {} mapped shared and writable: stores through that mapping cannot be held back, so the snapshot could not be point-in-time; unmap it (or stop the process) and retry",
+            src.display()
+        );
+    }
+    if let Some(p) = users::old_writers(dev, ino, keeper_start).first() {
+        bail!(
+            "{p} has had {} open for writing since before ebb watched its filesystem: its writes cannot be held back; reopen the file in it (or restart it) and retry",
+            src.display()
+        );
+    }
+    Ok(())
+}
+
+/// Clone the first block, to fail now, with the filesystem named, where
+/// reflinks are not supported (the real clone overwrites it later).
+fn check_reflink(src: &File, dst: &File, size: u64, path: &Path) -> Result<()> {
+    let block = nix::sys::statvfs::fstatvfs(src)?.block_size();
+    if size == 0 {
+        return Ok(());
+    }
+    let len = if size < block { size } else { block };
+    clone_range(src.as_fd(), 0, len, dst.as_fd(), 0).map_err(|e| {
+        let fs = filesystem_name(src);
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::EXDEV) | Some(libc::ENOTTY) => {
+                anyhow::anyhow!(
+                    "{} is on {fs}, which cannot share blocks (reflink): snapshots need XFS made with reflink=1 or btrfs",
+                    path.display()
+                )
+            }
+            _ => anyhow::Error::new(e).context(format!("cloning {} ({fs})", path.display())),
+        }
+    })
+}
+
+/// The filesystem type of `file`, by name where known.
+pub fn filesystem_name(file: &File) -> String {
+    let Ok(fs) = nix::sys::statfs::fstatfs(file) else {
+        return "an unknown filesystem".into();
+    };
+    // `f_type` is signed on some targets; the magic numbers are u32.
+    match fs.filesystem_type().0 as u32 {
+        0x5846_5342 => "xfs".into(),
+        0x9123_683e => "btrfs".into(),
+        0xef53 => "ext4".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x6969 => "nfs".into(),
+        0x6573_5546 => "fuse".into(),
+        0x794c_7630 => "overlayfs".into(),
+        magic => format!("a filesystem of type {magic:#x}"),
+    }
+}
