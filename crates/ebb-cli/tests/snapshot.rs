@@ -1,10 +1,18 @@
-//! `ebb changed-ranges`: the ranges where a file differs from a reflink
-//! clone of its earlier self, checked against the bytes, through the CLI.
+//! `ebb snapshot` (a point-in-time clone taken by the daemon while the
+//! file is in use) and `ebb changed-ranges` (where a file differs from its
+//! snapshot), checked against the bytes, through the CLI.
 
+mod common;
+
+use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-use ebb::testing::LoopFs;
+use common::{ebb, Env, Run};
+use ebb::failover::keeper::{socket_path, KeeperClient};
+use ebb::testing::{write_fragmented, FsKind, LoopFs};
 
 fn changed_ranges(base: &std::path::Path, file: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ebb"))
@@ -77,4 +85,454 @@ fn changed_ranges_refuses_files_on_different_filesystems_and_missing_paths() {
     let out = changed_ranges(&fs.path().join("nope"), &path);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}
+
+// ---- ebb snapshot -------------------------------------------------------
+
+/// Block `b` of the files the tests snapshot starts with `b` (u64, little
+/// endian); the rest of a block is zeros, so a punched block reads alike.
+fn pattern(offset: u64) -> u8 {
+    let within = (offset % 4096) as usize;
+    if within < 8 {
+        (offset / 4096).to_le_bytes()[within]
+    } else {
+        0
+    }
+}
+
+fn snapshot(src: &Path, dst: &Path, more: &[&str]) -> Run {
+    let mut args = vec![
+        OsStr::new("snapshot"),
+        src.as_os_str(),
+        dst.as_os_str(),
+        OsStr::new("--json"),
+    ];
+    args.extend(more.iter().map(OsStr::new));
+    ebb(args)
+}
+
+/// Stops the tree's keeper when a test ends (after the Env's daemons): a
+/// SIGKILLed daemon leaves it running.
+struct KeeperGuard(String);
+
+impl KeeperGuard {
+    fn of(env: &Env) -> KeeperGuard {
+        let config = std::fs::read_to_string(env.root.join(".ebb/config.json")).expect("config");
+        let config: serde_json::Value = serde_json::from_str(&config).expect("json");
+        KeeperGuard(config["id"].as_str().expect("id").to_string())
+    }
+
+    fn pid(&self) -> Option<i32> {
+        let client = KeeperClient::connect(&socket_path(&self.0)).ok()??;
+        client.pid().ok().map(|p| p as i32)
+    }
+}
+
+impl Drop for KeeperGuard {
+    fn drop(&mut self) {
+        if let Ok(Some(keeper)) = KeeperClient::connect(&socket_path(&self.0)) {
+            let _ = keeper.stop();
+        }
+    }
+}
+
+fn kill9(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    while common::alive(pid) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn wait_for(what: impl Fn() -> bool, name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !what() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 30 s for {name}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn partial(dst: &Path) -> std::path::PathBuf {
+    let mut p = dst.as_os_str().to_owned();
+    p.push(".ebb-partial");
+    p.into()
+}
+
+#[test]
+fn a_snapshot_equals_its_source_shares_its_blocks_and_is_never_left_partial() {
+    ebb::require_root!();
+    for kind in [FsKind::Xfs, FsKind::Btrfs] {
+        let env = Env::on(kind, 400);
+        let _keeper = KeeperGuard::of(&env);
+        env.start_daemon();
+        let src = env.path("vm.img");
+        // 24 MiB + a ragged tail: 3072 extents, ~48 units, an unaligned end.
+        write_fragmented(&src, (24 << 20) + 1000, pattern).expect("write");
+        let dst = env.path("vm.img@mon");
+        let done = snapshot(&src, &dst, &[]).ok().json1();
+        assert_eq!(done["state"], "done", "{kind:?}: {done}");
+        assert_eq!(done["size"], (24 << 20) + 1000, "{kind:?}: {done}");
+        assert!(done["clone_calls"].as_u64().unwrap() >= 1, "{done}");
+        assert!(
+            done["units"].as_u64().unwrap() > 10,
+            "{kind:?}: cut by extents: {done}"
+        );
+        assert_eq!(
+            std::fs::read(&dst).unwrap(),
+            std::fs::read(&src).unwrap(),
+            "{kind:?}"
+        );
+        assert!(!partial(&dst).exists(), "{kind:?}");
+        // Clones share every block: nothing differs in the extent maps.
+        let ranges = ebb([
+            OsStr::new("changed-ranges"),
+            dst.as_os_str(),
+            src.as_os_str(),
+            OsStr::new("--json"),
+        ])
+        .ok();
+        assert!(ranges.json().is_empty(), "{kind:?}: {}", ranges.out());
+
+        // An existing destination is kept unless --force.
+        std::fs::write(&src, b"new content").expect("rewrite");
+        snapshot(&src, &dst, &[]).fails().says("already exists");
+        assert_eq!(std::fs::metadata(&dst).unwrap().len(), (24 << 20) + 1000);
+        snapshot(&src, &dst, &["--force"]).ok();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"new content", "{kind:?}");
+    }
+}
+
+/// Writes random 4 KiB blocks of argv[1] (argv[2] blocks), each starting
+/// with its block number and a version one higher than the last, until
+/// argv[3] exists; then logs "block version start_ns end_ns" lines to
+/// argv[4] (CLOCK_MONOTONIC, as the daemon's instant).
+const WRITER: &str = r#"
+import os, random, struct, sys, time
+path, blocks, stop, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+fd = os.open(path, os.O_WRONLY)
+versions = [0] * blocks
+log = []
+now = lambda: time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+n = 0
+while True:
+    n += 1
+    if n % 64 == 0 and os.path.exists(stop):
+        break
+    b = random.randrange(blocks)
+    versions[b] += 1
+    data = struct.pack("<QQ", b, versions[b]) + bytes(4080)
+    t0 = now()
+    os.pwrite(fd, data, b * 4096)
+    log.append("%d %d %d %d" % (b, versions[b], t0, now()))
+with open(out, "w") as f:
+    f.write("\n".join(log) + "\n")
+"#;
+
+/// Requirement 2: a writer keeps writing versioned blocks while the sweep
+/// is slowed down; every write that finished before the snapshot's instant
+/// is in it, and none that started after.
+#[test]
+fn a_snapshot_is_the_file_at_its_instant_while_a_writer_keeps_writing() {
+    ebb::require_root!();
+    const BLOCKS: u64 = 16384; // 64 MiB, 8192 extents, 128 units
+    let env = Env::new(400);
+    let _keeper = KeeperGuard::of(&env);
+    env.start_daemon_with(
+        |cmd| {
+            cmd.env("EBB_TEST_SNAPSHOT_THROTTLE_MS", "4");
+        },
+        common::COMMAND_TIMEOUT,
+    );
+    let src = env.path("db.img");
+    write_fragmented(&src, BLOCKS * 4096, pattern).expect("write");
+
+    // The writer is a process started after the daemon (one started
+    // before might hold fds that predate the mark, and is refused).
+    let stop = env.fs.scratch().join("stop");
+    let log_path = env.fs.scratch().join("writes");
+    let mut writer = std::process::Command::new(common::PYTHON)
+        .arg("-c")
+        .arg(WRITER)
+        .arg(&src)
+        .arg(BLOCKS.to_string())
+        .arg(&stop)
+        .arg(&log_path)
+        .spawn()
+        .expect("python3 writer");
+    std::thread::sleep(Duration::from_millis(300));
+    let dst = env.path("db.img@1");
+    let done = snapshot(&src, &dst, &[]).ok().json1();
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::write(&stop, b"").unwrap();
+    assert!(writer.wait().expect("writer").success());
+    let log: Vec<(u64, u64, u64, u64)> = std::fs::read_to_string(&log_path)
+        .expect("the writer's log")
+        .lines()
+        .map(|l| {
+            let f: Vec<u64> = l.split(' ').map(|x| x.parse().expect("number")).collect();
+            (f[0], f[1], f[2], f[3])
+        })
+        .collect();
+    let instant = done["instant_monotonic_ns"].as_u64().expect("instant");
+
+    let snap = std::fs::read(&dst).expect("read snapshot");
+    assert_eq!(snap.len() as u64, BLOCKS * 4096);
+    let version_in_snapshot = |b: u64| {
+        let at = (b * 4096) as usize;
+        let block = u64::from_le_bytes(snap[at..at + 8].try_into().unwrap());
+        assert!(
+            block == b || block == 0,
+            "block {b} holds block {block}'s data"
+        );
+        u64::from_le_bytes(snap[at + 8..at + 16].try_into().unwrap())
+    };
+    let (mut before, mut after) = (0, 0);
+    for &(b, v, start, end) in &log {
+        let got = version_in_snapshot(b);
+        if end < instant {
+            before += 1;
+            assert!(
+                got >= v,
+                "block {b}: version {v} was written before the snapshot, it has {got}"
+            );
+        } else if start > instant {
+            after += 1;
+            assert!(
+                got < v,
+                "block {b}: version {v} was written after the snapshot began, yet it is in it"
+            );
+        }
+    }
+    assert!(
+        before > 100,
+        "the writer ran before the snapshot ({before} writes)"
+    );
+    assert!(
+        after > 100,
+        "the writer ran during the snapshot ({after} writes); {done}"
+    );
+    assert!(
+        done["units_cloned_early"].as_u64().unwrap() > 0,
+        "writes went ahead of the sweep: {done}"
+    );
+}
+
+/// Requirement 1 (resumable): a daemon killed mid-snapshot finishes it when
+/// it starts again, before it lets the writer that waited meanwhile go on;
+/// if the keeper died too, the point in time is lost and the partial file
+/// is removed, never taken for a snapshot.
+#[test]
+fn a_snapshot_cut_by_a_daemon_crash_is_finished_by_the_next_daemon_or_removed() {
+    ebb::require_root!();
+    let env = Env::new(400);
+    let keeper = KeeperGuard::of(&env);
+    let src = env.path("vm.img");
+    let size: u64 = 32 << 20;
+    write_fragmented(&src, size, pattern).expect("write");
+    let original = std::fs::read(&src).unwrap();
+    let dst = env.path("vm.img@1");
+
+    for keeper_dies in [false, true] {
+        let _ = std::fs::remove_file(&dst);
+        let slow = env.start_daemon_with(
+            |cmd| {
+                cmd.env("EBB_TEST_SNAPSHOT_THROTTLE_MS", "20");
+            },
+            common::COMMAND_TIMEOUT,
+        );
+        let cli = std::process::Command::new(common::EBB)
+            .args([OsStr::new("snapshot"), src.as_os_str(), dst.as_os_str()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ebb snapshot");
+        wait_for(|| partial(&dst).exists(), "the snapshot to start");
+        std::thread::sleep(Duration::from_millis(300));
+        if keeper_dies {
+            let pid = keeper.pid().expect("a keeper");
+            kill9(slow);
+            kill9(pid);
+        } else {
+            kill9(slow);
+        }
+        let out = cli.wait_with_output().expect("wait");
+        assert!(
+            !out.status.success(),
+            "the CLI notices its daemon went: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!dst.exists(), "a cut snapshot is never in place");
+
+        // A write to the end of the file (not cloned yet) while no daemon
+        // runs: held by the keeper's group, or unseen if it died.
+        let writer = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("printf NEW | dd of=\"$1\" bs=1 seek=$2 conv=notrunc status=none")
+            .arg("sh")
+            .arg(&src)
+            .arg((size - 4096).to_string())
+            .spawn()
+            .expect("writer");
+        std::thread::sleep(Duration::from_millis(200));
+        env.start_daemon();
+        let mut writer = writer;
+        assert!(writer.wait().expect("writer").success());
+        let again = snapshot(&src, &dst, &[]);
+        if keeper_dies {
+            again.fails().says("point in time was lost");
+            assert!(!partial(&dst).exists() && !dst.exists());
+        } else {
+            assert_eq!(again.ok().json1()["state"], "done");
+            let snap = std::fs::read(&dst).unwrap();
+            assert!(
+                snap == original,
+                "the snapshot is the file before the write"
+            );
+            assert_ne!(std::fs::read(&src).unwrap(), original, "the write went on");
+        }
+        assert!(env.stop_daemons());
+        // Back to the original, as fragmented, for the next round.
+        write_fragmented(&src, size, pattern).expect("write");
+    }
+    // Once refused, a new snapshot starts afresh.
+    env.start_daemon();
+    snapshot(&src, &dst, &[]).ok();
+    assert_eq!(std::fs::read(&dst).unwrap(), original);
+}
+
+/// A truncate, or a replacement of the source, during the snapshot: the
+/// snapshot still holds the whole file as it was.
+#[test]
+fn a_source_cut_short_or_replaced_during_the_snapshot_is_snapshotted_whole() {
+    ebb::require_root!();
+    let env = Env::new(400);
+    let _keeper = KeeperGuard::of(&env);
+    env.start_daemon_with(
+        |cmd| {
+            cmd.env("EBB_TEST_SNAPSHOT_THROTTLE_MS", "5");
+        },
+        common::COMMAND_TIMEOUT,
+    );
+    let src = env.path("vm.img");
+    for (dst, meddle) in [
+        ("cut@1", "truncate -s 1M \"$1\""),
+        (
+            "replaced@1",
+            "echo other > \"$1.new\" && mv \"$1.new\" \"$1\"",
+        ),
+    ] {
+        write_fragmented(&src, 32 << 20, pattern).expect("write");
+        let original = std::fs::read(&src).unwrap();
+        let dst = env.path(dst);
+        let snapshotting = {
+            let (src, dst) = (src.clone(), dst.clone());
+            std::thread::spawn(move || snapshot(&src, &dst, &[]))
+        };
+        wait_for(|| partial(&dst).exists(), "the snapshot to start");
+        std::thread::sleep(Duration::from_millis(100));
+        common::sh(meddle, &[src.as_os_str()]).ok();
+        let done = snapshotting.join().unwrap().ok().json1();
+        assert!(
+            std::fs::read(&dst).unwrap() == original,
+            "{}: the whole file as it was",
+            dst.display()
+        );
+        assert!(
+            done["seconds"].as_f64().unwrap() > 0.1,
+            "it was still running when meddled with: {done}"
+        );
+        if dst.ends_with("cut@1") {
+            assert!(
+                done["units_cloned_early"].as_u64().unwrap() > 0,
+                "the truncate waited for the rest to be cloned: {done}"
+            );
+            assert_eq!(std::fs::metadata(&src).unwrap().len(), 1 << 20);
+        }
+    }
+}
+
+#[test]
+fn snapshots_are_refused_clearly_where_they_cannot_be_taken() {
+    ebb::require_root!();
+    // No reflink on ext4: the filesystem is named.
+    let ext4 = Env::on(FsKind::Ext4, 200);
+    let _k1 = KeeperGuard::of(&ext4);
+    ext4.start_daemon();
+    let f = ext4.path("f");
+    std::fs::write(&f, vec![1u8; 1 << 20]).unwrap();
+    let run = snapshot(&f, &ext4.path("f@1"), &[]).fails().says("ext4");
+    assert!(run.stderr.contains("reflink"), "{}", run.stderr);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(!partial(&ext4.path("f@1")).exists());
+
+    let env = Env::new(300);
+    let _k2 = KeeperGuard::of(&env);
+    let src = env.path("vm.img");
+    write_fragmented(&src, 4 << 20, pattern).expect("write");
+    // No daemon.
+    snapshot(&src, &env.path("a"), &[])
+        .fails()
+        .says("no ebb daemon");
+    env.start_daemon();
+    // Missing source, missing directory, another filesystem, itself.
+    snapshot(&env.path("nope"), &env.path("a"), &[])
+        .fails()
+        .says("nope");
+    snapshot(&src, &env.path("no/dir/a"), &[])
+        .fails()
+        .says("no/dir");
+    snapshot(&src, &env.fs.scratch().join("a"), &[])
+        .fails()
+        .says("different filesystems");
+    snapshot(&src, &src, &[]).fails().says("source itself");
+    // A writer through a shared mapping could not be held back.
+    let mut mapper = std::process::Command::new(common::PYTHON)
+        .arg("-c")
+        .arg("import mmap,sys,time; f=open(sys.argv[1],'r+b'); m=mmap.mmap(f.fileno(),0); print(1,flush=True); time.sleep(60)")
+        .arg(&src)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(mapper.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    snapshot(&src, &env.path("a"), &[])
+        .fails()
+        .says("mapped shared and writable");
+    let _ = mapper.kill();
+    let _ = mapper.wait();
+    // A released file would be cloned as holes.
+    ebb([OsStr::new("archive"), src.as_os_str()]).ok();
+    ebb([OsStr::new("release"), src.as_os_str()]).ok();
+    snapshot(&src, &env.path("a"), &[])
+        .fails()
+        .says("restore it first");
+    assert!(!env.path("a").exists() && !partial(&env.path("a")).exists());
+}
+
+#[test]
+fn a_snapshot_that_runs_out_of_space_is_removed_with_a_clear_error() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let _keeper = KeeperGuard::of(&env);
+    env.start_daemon();
+    let src = env.path("vm.img");
+    write_fragmented(&src, 64 << 20, pattern).expect("write");
+    // Fill the filesystem: cloning needs room for the copy's extent records.
+    let _ = common::sh("fallocate -l 1G \"$1\" 2>/dev/null; dd if=/dev/zero of=\"$1.2\" bs=64k status=none 2>/dev/null; true", &[env.path("filler").as_os_str()]);
+    let run = snapshot(&src, &env.path("vm@1"), &[]).fails();
+    assert!(
+        run.stderr.to_lowercase().contains("full") || run.stderr.contains("No space"),
+        "{}",
+        run.stderr
+    );
+    assert!(!env.path("vm@1").exists() && !partial(&env.path("vm@1")).exists());
 }

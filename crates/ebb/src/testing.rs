@@ -44,6 +44,8 @@ pub enum FsKind {
     Xfs,
     /// btrfs.
     Btrfs,
+    /// ext4 (no reflink).
+    Ext4,
 }
 
 /// A filesystem image, loop-mounted on a fresh directory for the life of
@@ -71,6 +73,7 @@ impl LoopFs {
                 .args(["-q", "-f", "-m", "reflink=1"])
                 .arg(&image)),
             FsKind::Btrfs => run(Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(&image)),
+            FsKind::Ext4 => run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image)),
         };
         mkfs.with_context(|| {
             format!("making a {kind:?} image (is xfsprogs/btrfs-progs installed?)")
@@ -128,5 +131,32 @@ fn run(cmd: &mut Command) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    Ok(())
+}
+
+/// Write `size` bytes of `data(offset)` to a new file at `path`, then punch
+/// out every other 4 KiB block, leaving one extent per remaining block: the
+/// kind of fragmented file snapshots must handle (`size / 8192` extents).
+pub fn write_fragmented(path: &Path, size: u64, data: impl Fn(u64) -> u8) -> Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let mut file = std::fs::File::create(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < size {
+        let n = (size - at).min(buf.len() as u64) as usize;
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = data(at + i as u64);
+        }
+        file.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    file.sync_all()?;
+    let mut hole = 4096;
+    while hole < size {
+        crate::sys::file::punch_hole(file.as_fd(), hole, 4096.min(size - hole))?;
+        hole += 8192;
+    }
+    file.sync_all()?;
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ebb::testing::LoopFs;
+use ebb::testing::{FsKind, LoopFs};
 use serde_json::Value;
 
 /// The binary under test.
@@ -385,7 +385,19 @@ impl Env {
 
     /// The filesystem, not yet managed (`root` is its mount point).
     pub fn bare(size_mib: u64) -> Env {
-        let fs = LoopFs::xfs(size_mib).expect("making a loop-mounted XFS");
+        Env::bare_on(FsKind::Xfs, size_mib)
+    }
+
+    /// [`Env::new`] on another kind of filesystem.
+    #[allow(dead_code)] // not every test binary needs it
+    pub fn on(kind: FsKind, size_mib: u64) -> Env {
+        let env = Env::bare_on(kind, size_mib);
+        env.init();
+        env
+    }
+
+    fn bare_on(kind: FsKind, size_mib: u64) -> Env {
+        let fs = LoopFs::new(kind, size_mib).expect("making a loop-mounted filesystem");
         Env {
             daemons: Mutex::new(Vec::new()),
             root: fs.path().to_path_buf(),

@@ -361,7 +361,12 @@ fn serve_request(populator: &mut Populator, incoming: Incoming) {
 
 fn on_snapshot_msg(populator: &mut Populator, msg: snapshots::Msg) {
     match msg {
-        snapshots::Msg::Prepared { prepared, reply } => {
+        snapshots::Msg::Prepared {
+            dst,
+            prepared,
+            reply,
+        } => {
+            populator.snapshots.prepared(&dst);
             let started =
                 prepared.and_then(|p| populator.start_snapshot(p).map_err(|e| format!("{e:#}")));
             let _ = reply.send(started);

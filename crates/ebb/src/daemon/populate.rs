@@ -208,6 +208,13 @@ impl Populator {
     }
 
     fn ignore(&mut self, file: &File) {
+        // A snapshot's source must keep raising events (a FAN_MODIFY
+        // after an allowed write would otherwise silence it).
+        if !self.snapshots.is_empty()
+            && handle_of(file.as_fd()).is_ok_and(|(h, _)| self.snapshots.is_source(&h))
+        {
+            return;
+        }
         match self.group.add_ignore(file.as_fd(), WATCHED, true) {
             Ok(()) => self.stats.ignore_marks += 1,
             Err(e) => tracing::warn!("adding an ignore mark: {e}"),

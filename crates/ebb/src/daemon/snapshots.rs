@@ -32,6 +32,7 @@ pub const CALL_BUDGET: Duration = Duration::from_millis(4);
 pub enum Msg {
     /// A request was checked and prepared (or refused).
     Prepared {
+        dst: PathBuf,
         prepared: Result<Prepared, String>,
         reply: Sender<Result<Value, String>>,
     },
@@ -194,8 +195,13 @@ impl Snapshots {
         let spawned = std::thread::Builder::new()
             .name("ebb-snap-prep".into())
             .spawn(move || {
+                let dst = req.dst.clone();
                 let prepared = start::prepare(&root, req, since).map_err(|e| format!("{e:#}"));
-                let _ = msgs.send(Msg::Prepared { prepared, reply });
+                let _ = msgs.send(Msg::Prepared {
+                    dst,
+                    prepared,
+                    reply,
+                });
                 poke();
             });
         if let Err(e) = spawned {
@@ -246,7 +252,6 @@ impl Snapshots {
             dst,
             mut plan,
         } = p;
-        self.preparing.remove(&request.dst);
         let refuse = |why: String| {
             let _ = std::fs::remove_file(partial_path(&request.dst));
             Err(anyhow::anyhow!(why))
@@ -267,6 +272,14 @@ impl Snapshots {
                 ));
             }
         }
+        // The instant. From the removal of its ignore mark on, every access
+        // to the source raises an event; none is handled before this
+        // function returns to the loop, by when the job is in `running`.
+        if let Err(e) = group.remove_ignore(src.as_fd(), super::WATCHED) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::warn!("removing the ignore mark of {}: {e}", request.src.display());
+            }
+        }
         let instant = monotonic_ns();
         let size = src.metadata()?.len();
         plan.resize(size);
@@ -279,6 +292,7 @@ impl Snapshots {
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            instant_ns: instant,
             plan,
         };
         let job = match Job::start(&self.records, spec, src, dst) {
@@ -293,12 +307,6 @@ impl Snapshots {
                 ensures: tx,
             },
         );
-        // Only now may its accesses raise events again.
-        if let Err(e) = group.remove_ignore(job.source().as_fd(), super::WATCHED) {
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                tracing::warn!("removing the ignore mark of {}: {e}", request.src.display());
-            }
-        }
         let (msgs, poke) = (self.msgs.clone(), self.poke.clone());
         let worker = job.clone();
         std::thread::Builder::new()
@@ -317,6 +325,11 @@ impl Snapshots {
             "units": job.plan().units(),
             "instant_monotonic_ns": instant,
         }))
+    }
+
+    /// The request for `dst` is prepared (or refused).
+    pub fn prepared(&mut self, dst: &Path) {
+        self.preparing.remove(dst);
     }
 
     /// Whether `handle` is the source of a running snapshot.
@@ -389,6 +402,7 @@ fn report(job: &Job, took: Duration) -> Value {
     v["size"] = json!(job.plan().size);
     v["units"] = json!(job.plan().units());
     v["seconds"] = json!(took.as_secs_f64());
+    v["instant_monotonic_ns"] = json!(job.spec().instant_ns);
     v
 }
 

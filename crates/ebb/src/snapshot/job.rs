@@ -40,6 +40,8 @@ pub struct Spec {
     pub keeper: String,
     /// When the snapshot's point in time was (seconds since the epoch).
     pub started: u64,
+    /// The same instant on CLOCK_MONOTONIC, in nanoseconds.
+    pub instant_ns: u64,
     pub plan: Plan,
 }
 
@@ -176,6 +178,10 @@ impl Job {
         }
         let _ = std::fs::remove_file(records.with_extension("json"));
         let _ = std::fs::remove_file(records.with_extension("done"));
+        // The directory goes with its last snapshot (fails while others run).
+        if let Some(dir) = records.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 
     pub fn spec(&self) -> &Spec {
@@ -245,27 +251,36 @@ impl Job {
         Ok(())
     }
 
-    /// Share `[bytes)` of the source with the partial file. A last unit
-    /// that ends off a block boundary has its tail copied: the source may
-    /// have grown since, so its end no longer excuses the misalignment.
+    /// Share `[bytes)` of the source with the partial file. The last unit
+    /// may end off a block boundary where the source ends; should the
+    /// source have grown since (a write that straddled the start), that
+    /// end is no longer its end, and the tail is copied instead.
     fn clone_bytes(&self, bytes: Range<u64>) -> Result<()> {
+        let size = self.spec.plan.size;
+        let ragged = bytes.end == size && self.src.metadata()?.len() == size;
         let block = self.spec.plan.block;
-        let aligned_end = bytes.end / block * block;
-        if aligned_end > bytes.start {
+        let clone_end = if ragged {
+            bytes.end
+        } else {
+            bytes.end / block * block
+        };
+        if clone_end > bytes.start {
             clone_range(
                 self.src.as_fd(),
                 bytes.start,
-                aligned_end - bytes.start,
+                clone_end - bytes.start,
                 self.dst.as_fd(),
                 bytes.start,
             )
             .map_err(|e| clone_error(e, &self.spec))?;
         }
-        let tail_start = aligned_end.max(bytes.start);
+        let tail_start = clone_end.max(bytes.start);
         if tail_start < bytes.end {
             let mut tail = vec![0u8; (bytes.end - tail_start) as usize];
+            // Short only if the source shrank, which waits for this unit.
             let n = self.src.read_at(&mut tail, tail_start)?;
-            self.dst.write_all_at(&tail[..n], tail_start)?;
+            debug_assert_eq!(n, tail.len());
+            self.dst.write_all_at(&tail, tail_start)?;
         }
         Ok(())
     }
@@ -289,9 +304,10 @@ impl Job {
             bail!("internal error: finishing a snapshot with units missing");
         }
         let (partial, dst) = (self.spec.partial(), &self.spec.dst);
-        // Not on the daemon's loop: a truncate raises a pre-content event
-        // even through an fd that raises no others.
-        self.dst.set_len(self.spec.plan.size)?;
+        // No set_len: the last unit's clone (or tail) made it the right
+        // size, and a truncate raises a pre-content event even through an
+        // fd that raises no others (the daemon may finish this before its
+        // loop runs, when nobody would answer).
         self.dst
             .sync_all()
             .with_context(|| format!("syncing {}", partial.display()))?;
