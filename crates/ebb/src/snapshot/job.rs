@@ -178,10 +178,6 @@ impl Job {
         }
         let _ = std::fs::remove_file(records.with_extension("json"));
         let _ = std::fs::remove_file(records.with_extension("done"));
-        // The directory goes with its last snapshot (fails while others run).
-        if let Some(dir) = records.parent() {
-            let _ = std::fs::remove_dir(dir);
-        }
     }
 
     pub fn spec(&self) -> &Spec {
