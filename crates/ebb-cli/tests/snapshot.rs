@@ -536,3 +536,146 @@ fn a_snapshot_that_runs_out_of_space_is_removed_with_a_clear_error() {
     );
     assert!(!env.path("vm@1").exists() && !partial(&env.path("vm@1")).exists());
 }
+
+// ---- ebb track / untrack, incremental archive ----------------------------
+
+fn track(verb: &str, file: &Path, owner: &str) -> Run {
+    ebb([
+        OsStr::new(verb),
+        file.as_os_str(),
+        OsStr::new("--owner"),
+        OsStr::new(owner),
+        OsStr::new("--json"),
+    ])
+}
+
+#[test]
+fn one_owner_tracks_a_file_and_only_it_can_untrack_it() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let f = env.path("vm.img");
+    write_fragmented(&f, 8 << 20, pattern).expect("write");
+    let t = track("track", &f, "nightly-backup").ok().json1();
+    assert_eq!(t["owner"], "nightly-backup");
+    let base = Path::new(t["base"].as_str().expect("a base snapshot")).to_path_buf();
+    assert_eq!(std::fs::read(&base).unwrap(), std::fs::read(&f).unwrap());
+    // Same owner again: fine. Another: refused, naming who and since when.
+    assert_eq!(
+        track("track", &f, "nightly-backup").ok().json1()["since"],
+        t["since"]
+    );
+    let refused = track("track", &f, "other-tool")
+        .fails()
+        .says("tracked by nightly-backup (since");
+    assert_eq!(
+        refused.stderr.trim().lines().count(),
+        1,
+        "{}",
+        refused.stderr
+    );
+    track("untrack", &f, "other-tool")
+        .fails()
+        .says("tracked by nightly-backup");
+    track("track", &f, "bad owner")
+        .fails()
+        .says("not a valid name");
+    track("track", &env.path("nope"), "x").fails().says("nope");
+
+    // The base says what changed since.
+    let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+    file.write_all_at(b"changed", 5 << 20).unwrap();
+    drop(file);
+    let ranges = changed_ranges(&base, &f);
+    assert!(ranges.status.success());
+    assert_eq!(String::from_utf8_lossy(&ranges.stdout).lines().count(), 1);
+
+    track("untrack", &f, "nightly-backup").ok();
+    assert!(!base.exists(), "the base goes with the tracking");
+    track("untrack", &f, "nightly-backup")
+        .fails()
+        .says("not tracked");
+    track("track", &f, "other-tool").ok();
+}
+
+/// Requirement 4: many processes race to track one file; exactly one wins,
+/// and every other is told who did.
+#[test]
+fn of_many_racing_trackers_exactly_one_wins() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let f = env.path("disk.img");
+    write_fragmented(&f, 4 << 20, pattern).expect("write");
+    let racers: Vec<std::process::Child> = (0..24)
+        .map(|i| {
+            Command::new(common::EBB)
+                .args([OsStr::new("track"), f.as_os_str(), OsStr::new("--owner")])
+                .arg(format!("racer-{i}"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("ebb track")
+        })
+        .collect();
+    let outs: Vec<std::process::Output> = racers
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wait"))
+        .collect();
+    let winners: Vec<usize> = (0..outs.len())
+        .filter(|&i| outs[i].status.success())
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one wins: {winners:?}");
+    let winner = format!("tracked by racer-{}", winners[0]);
+    for (i, out) in outs.iter().enumerate().filter(|(i, _)| *i != winners[0]) {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&winner), "racer {i}: {err}");
+    }
+}
+
+/// Requirement 5: a tracked file's next archive reads only what changed
+/// since its base, and the version it records reads back exactly.
+#[test]
+fn archiving_a_tracked_file_again_reads_only_what_changed() {
+    ebb::require_root!();
+    let env = Env::new(400);
+    let f = env.path("vm.img");
+    let size: u64 = 64 << 20;
+    common::write_file(&f, &common::seeded_bytes(size as usize, 7));
+    track("track", &f, "backup").ok();
+    let archive = |f: &Path| {
+        ebb([OsStr::new("archive"), f.as_os_str(), OsStr::new("--json")])
+            .ok()
+            .json1()
+    };
+    let first = archive(&f);
+    assert_eq!(
+        (first["bytes_read"].as_u64(), first["incremental"].as_bool()),
+        (Some(size), Some(false)),
+        "{first}"
+    );
+
+    let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+    for i in 0..16u64 {
+        file.write_all_at(&[i as u8 + 1; 4096], (i * 997 + 13) * 4096 % size)
+            .unwrap();
+    }
+    file.write_all_at(b"grown", size).unwrap();
+    drop(file);
+    let expected = std::fs::read(&f).unwrap();
+    let second = archive(&f);
+    assert_eq!(second["incremental"], true, "{second}");
+    assert_eq!(second["size"].as_u64(), Some(size + 5));
+    let read = second["bytes_read"].as_u64().unwrap();
+    assert!(
+        read > 0 && read < size / 4,
+        "read {read} of {size}: {second}"
+    );
+
+    // What was recorded is the file: release it and bring it back.
+    ebb([OsStr::new("release"), f.as_os_str()]).ok();
+    ebb([OsStr::new("restore"), f.as_os_str()]).ok();
+    assert!(
+        std::fs::read(&f).unwrap() == expected,
+        "the incremental version reads back exactly"
+    );
+    assert_eq!(archive(&f)["result"], "unchanged");
+}

@@ -14,8 +14,10 @@
 //! Every change is one transaction; a crash leaves the previous state.
 
 mod residency;
+mod tracking;
 
 pub use residency::Residency;
+pub use tracking::Tracking;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,6 +64,14 @@ CREATE TABLE IF NOT EXISTS versions (
     content_hash TEXT NOT NULL,
     manifest     BLOB NOT NULL,
     archived_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tracking (
+    handle          TEXT PRIMARY KEY,
+    path            TEXT NOT NULL,
+    owner           TEXT NOT NULL,
+    since           INTEGER NOT NULL,
+    base            TEXT,
+    base_version_id INTEGER
 );
 ";
 

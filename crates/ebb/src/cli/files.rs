@@ -157,7 +157,15 @@ fn one(
             let store = opened.store()?.clone();
             let o = hsm::archive(&opened.tree, &mut opened.catalog, &store, path, progress)?;
             Report {
-                line: if o.archived {
+                line: if o.archived && o.incremental {
+                    format!(
+                        "archived {shown} ({}, {} chunks, {} new; read {} of it, the changes since its tracking base)",
+                        HumanBytes(o.size),
+                        o.chunks,
+                        HumanBytes(o.new_bytes),
+                        HumanBytes(o.bytes_read)
+                    )
+                } else if o.archived {
                     format!(
                         "archived {shown} ({}, {} chunks, {} new)",
                         HumanBytes(o.size),

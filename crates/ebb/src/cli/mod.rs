@@ -143,6 +143,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Become the one owner of change tracking for a file.
+    ///
+    /// Records OWNER as the owner of FILE's change tracking (atomically: of
+    /// many concurrent claims exactly one wins) and keeps a base snapshot
+    /// of FILE in ROOT/.ebb/bases (XFS with reflink=1, or btrfs). Another
+    /// owner is refused with who holds it and since when; the same owner
+    /// again changes nothing. Once FILE is archived, its base follows each
+    /// archive, and `ebb archive` reads only the ranges changed since.
+    ///
+    /// With --json: path, owner, since (seconds since the epoch),
+    /// since_utc, base.
+    Track {
+        file: PathBuf,
+        /// Who tracks it (letters, digits, - _ . @ :).
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop tracking a file; only its owner can, by name. Its base
+    /// snapshot is removed.
+    Untrack {
+        file: PathBuf,
+        /// The owner that tracks it.
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The byte ranges where FILE may differ from BASE, a reflink clone
     /// (snapshot) of an earlier state of it, from their extent maps alone
     /// (no data is read). Never leaves a change out; exact to the block.
@@ -232,6 +261,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::ChangedRanges { base, file, json } => snapshot::changed_ranges(&base, &file, json),
+        Command::Track { file, owner, json } => snapshot::track(&file, &owner, json),
+        Command::Untrack { file, owner, json } => snapshot::untrack(&file, &owner, json),
         Command::Snapshot {
             src,
             dst,

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::daemon::control;
 use crate::snapshot::start::Request;
+use crate::snapshot::track::format_utc;
 use crate::tree::{resolve, Tree};
 
 /// How often the progress of a snapshot is asked for.
@@ -88,6 +89,46 @@ fn print_done(s: &Value) {
         n("longest_clone_us") as f64 / 1000.0,
         n("units_cloned_early"),
     );
+}
+
+pub fn track(path: &Path, owner: &str, json: bool) -> Result<ExitCode> {
+    let tree = Tree::find(path)?;
+    let mut catalog = tree.catalog()?;
+    let t = crate::snapshot::track::track(&tree, &mut catalog, path, owner)?;
+    if json {
+        println!("{}", tracking_json(&t));
+    } else {
+        println!(
+            "{} is tracked by {} (since {}); base snapshot {}",
+            t.path.display(),
+            t.owner,
+            format_utc(t.since),
+            t.base
+                .as_ref()
+                .map_or("none (the file was changing)".into(), |b| b
+                    .display()
+                    .to_string())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn untrack(path: &Path, owner: &str, json: bool) -> Result<ExitCode> {
+    let tree = Tree::find(path)?;
+    let mut catalog = tree.catalog()?;
+    let t = crate::snapshot::track::untrack(&tree, &mut catalog, path, owner)?;
+    if json {
+        println!("{}", tracking_json(&t));
+    } else {
+        println!("{} is no longer tracked by {}", t.path.display(), t.owner);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tracking_json(t: &crate::catalog::Tracking) -> Value {
+    let mut v = serde_json::to_value(t).unwrap_or_default();
+    v["since_utc"] = serde_json::json!(format_utc(t.since));
+    v
 }
 
 pub fn changed_ranges(base: &Path, file: &Path, json: bool) -> Result<ExitCode> {

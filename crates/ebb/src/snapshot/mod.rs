@@ -15,6 +15,7 @@ pub mod job;
 pub mod plan;
 mod ranges;
 pub mod start;
+pub mod track;
 pub mod users;
 
 pub use ranges::{changed_ranges, Range};
