@@ -3,6 +3,7 @@
 
 pub mod failover;
 pub mod populate;
+pub mod snapshot;
 
 use std::fs::File;
 use std::io::Read;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
-use crate::bench::{self, failover, populate};
+use crate::bench::{self, failover, populate, snapshot};
+use crate::testing::FsKind;
 
 #[derive(Subcommand, Debug)]
 pub enum Bench {
@@ -60,6 +61,35 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// A snapshot of a fragmented file in use, against one FICLONE.
+    ///
+    /// Makes a loop-mounted filesystem under /var/tmp (needs root and
+    /// three times SIZE of free space), writes SIZE bytes and punches out
+    /// every other 4 KiB block (SIZE/8 KiB extents), starts the daemon, and
+    /// while a writer and a reader process do random 4 KiB I/O on the
+    /// file, clones it once with FICLONE (as cp --reflink does) and once
+    /// with `ebb snapshot`. Reports both times and the worst writer and
+    /// reader stalls; then rewrites 1% of the file and times
+    /// `changed-ranges` against reading and comparing both files.
+    Snapshot {
+        /// Size of the file, e.g. 256MiB or 2GiB.
+        #[arg(long, default_value = "2GiB", value_parser = bench::parse_size)]
+        size: u64,
+        /// Filesystem to run on.
+        #[arg(long, default_value = "xfs", value_parser = ["xfs", "btrfs"])]
+        fs: String,
+        /// Print the figures as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: random 4 KiB I/O on a file for `bench snapshot`.
+    #[command(hide = true)]
+    Probe {
+        #[arg(long)]
+        path: std::path::PathBuf,
+        #[arg(long)]
+        write: bool,
+    },
 }
 
 pub fn run(which: Bench) -> Result<ExitCode> {
@@ -92,6 +122,28 @@ pub fn run(which: Bench) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Bench::Snapshot { size, fs, json } => {
+            let opts = snapshot::Options {
+                size,
+                fs: if fs == "btrfs" {
+                    FsKind::Btrfs
+                } else {
+                    FsKind::Xfs
+                },
+                exe,
+            };
+            let r = snapshot::run(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print_snapshot(&r);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Bench::Probe { path, write } => {
+            snapshot::probe(&path, write)?;
+            Ok(ExitCode::SUCCESS)
         }
         Bench::Populate {
             size,
@@ -184,5 +236,39 @@ fn print_failover(r: &failover::Report) {
     println!(
         "  readers done {:.0} ms after the last restart",
         r.final_drain_ms
+    );
+}
+
+fn print_snapshot(r: &snapshot::Report) {
+    println!(
+        "snapshot: {} MiB on {}, {} extents, a writer and a reader doing random 4 KiB I/O",
+        r.size >> 20,
+        r.fs,
+        r.extents
+    );
+    println!(
+        "  FICLONE        {:>8.3} s; worst writer stall {:>8.1} ms, reader {:>6.1} ms",
+        r.ficlone_secs, r.writer_stall_ficlone_ms, r.reader_stall_ficlone_ms
+    );
+    println!(
+        "  ebb snapshot   {:>8.3} s; worst writer stall {:>8.1} ms, reader {:>6.1} ms ({} clone calls, longest {:.1} ms; {} writes went on meanwhile)",
+        r.snapshot_secs,
+        r.writer_stall_snapshot_ms,
+        r.reader_stall_snapshot_ms,
+        r.snapshot_clone_calls,
+        r.snapshot_longest_clone_ms,
+        r.writes_during_snapshot
+    );
+    println!(
+        "    time snapshot/FICLONE {:.2}x (goal <= 1.5x); writer stall snapshot/FICLONE {:.4}x (goal <= 0.01x)",
+        r.snapshot_vs_ficlone, r.writer_stall_ratio
+    );
+    println!(
+        "  after rewriting {} KiB (1%): changed-ranges {:.3} s ({} KiB flagged) vs read and compare {:.3} s: {:.4}x",
+        r.rewritten_bytes >> 10,
+        r.changed_ranges_secs,
+        r.changed_ranges_bytes >> 10,
+        r.read_and_compare_secs,
+        r.changed_ranges_vs_compare
     );
 }

@@ -26,7 +26,10 @@ use crate::sys::fanotify::{EventId, Group};
 use crate::sys::handle::{open_by_handle, FileHandle};
 
 /// How long one background clone call aims to hold the source's locks.
-pub const CALL_BUDGET: Duration = Duration::from_millis(4);
+pub const CALL_BUDGET: Duration = Duration::from_millis(3);
+/// After letting accesses go on, the sweep waits this long before its
+/// next call, so that they get the file's locks before it does.
+const AFTER_ACCESSES: Duration = Duration::from_micros(500);
 
 /// What snapshot threads tell the loop.
 pub enum Msg {
@@ -448,10 +451,15 @@ fn sweep(job: &Job, ensures: &Receiver<Ensure>, ready: &impl Fn(EventId)) -> Res
     let mut per_unit = Duration::from_millis(1);
     let mut cursor = 0;
     loop {
+        let mut served = false;
         while let Ok(e) = ensures.try_recv() {
             let cloned = job.clone_units(e.units, true);
             ready(e.event);
             cloned?;
+            served = true;
+        }
+        if served {
+            std::thread::sleep(AFTER_ACCESSES);
         }
         let batch = if throttle.is_some() {
             1

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use super::job::partial_path;
 use super::plan::Plan;
 use super::users;
-use crate::sys::extents::{clone_range, fiemap};
+use crate::sys::extents::{clone_range, fiemap_unsynced};
 use crate::sys::fanotify::reopen_nonotify;
 use crate::sys::handle::{handle_of, FileHandle};
 
@@ -77,7 +77,7 @@ pub fn prepare(root: &Path, req: Request, keeper_start: u64) -> Result<Prepared>
     let ready = (|| {
         check_reflink(&src_quiet, &dst_quiet, meta.len(), src)?;
         let block = nix::sys::statvfs::fstatvfs(&src_quiet)?.block_size();
-        let extents = fiemap(src_quiet.as_fd(), 0, u64::MAX)
+        let extents = fiemap_unsynced(src_quiet.as_fd(), 0, u64::MAX)
             .with_context(|| format!("reading the extent map of {}", src.display()))?;
         Ok(Plan::new(&extents, meta.len(), block))
     })();

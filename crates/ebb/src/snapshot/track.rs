@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 
 use super::plan::Plan;
 use crate::catalog::{Catalog, StatSnap, Tracking};
-use crate::sys::extents::{clone_range, fiemap};
+use crate::sys::extents::{clone_range, fiemap_unsynced};
 use crate::sys::handle::FileHandle;
 use crate::tree::Tree;
 
@@ -122,7 +122,11 @@ fn clone_unchanged(src: &Path, dst: &Path, stat: &StatSnap) -> Result<bool> {
     let out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let cloned = (|| -> Result<()> {
         let block = nix::sys::statvfs::fstatvfs(&file)?.block_size();
-        let plan = Plan::new(&fiemap(file.as_fd(), 0, u64::MAX)?, stat.size, block);
+        let plan = Plan::new(
+            &fiemap_unsynced(file.as_fd(), 0, u64::MAX)?,
+            stat.size,
+            block,
+        );
         for unit in 0..plan.units() {
             let bytes = plan.bytes(unit..unit + 1);
             clone_range(file.as_fd(), bytes.start, bytes.end - bytes.start, out.as_fd(), bytes.start)
