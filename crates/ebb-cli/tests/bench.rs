@@ -95,3 +95,50 @@ fn bench_failover_no_reader_sees_an_error_or_a_wrong_byte() {
         "{report:#}"
     );
 }
+
+/// The snapshot benchmark (issue 5, requirement 7) at a small size on both
+/// filesystems: every figure is there, and changed-ranges flagged at least
+/// the rewritten bytes (the bench itself fails if a byte that differs was
+/// not flagged).
+#[test]
+fn bench_snapshot_runs_small_and_reports_every_figure() {
+    ebb::require_root!();
+    for fs in ["xfs", "btrfs"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+            .args(["bench", "snapshot", "--size", "32MiB", "--fs", fs, "--json"])
+            .output()
+            .expect("run ebb bench snapshot");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "bench failed on {fs}: {stderr}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("one JSON object");
+        println!("{report:#}");
+        for field in [
+            "ficlone_secs",
+            "snapshot_secs",
+            "snapshot_vs_ficlone",
+            "writer_stall_ficlone_ms",
+            "writer_stall_snapshot_ms",
+            "reader_stall_ficlone_ms",
+            "reader_stall_snapshot_ms",
+            "changed_ranges_secs",
+            "read_and_compare_secs",
+            "changed_ranges_vs_compare",
+        ] {
+            let v = report[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{field} missing: {report}"));
+            assert!(v.is_finite() && v > 0.0, "{fs}: {field} = {v}");
+        }
+        assert_eq!(report["fs"], fs);
+        assert_eq!(
+            report["extents"],
+            (32 << 20) / 8192,
+            "{fs}: one extent per 8 KiB"
+        );
+        assert!(
+            report["changed_ranges_bytes"].as_u64() >= report["rewritten_bytes"].as_u64(),
+            "{report}"
+        );
+    }
+}

@@ -228,14 +228,6 @@ impl Probe {
                 continue;
             };
             if end >= t0 && start <= t1 {
-                if end - start > worst && std::env::var_os("EBB_BENCH_DEBUG").is_some() {
-                    eprintln!(
-                        "slow op at +{} ms of {}: {} ms",
-                        (start.saturating_sub(t0)) / 1_000_000,
-                        (t1 - t0) / 1_000_000,
-                        (end - start) / 1_000_000
-                    );
-                }
                 worst = worst.max(end - start);
                 count += 1;
             }

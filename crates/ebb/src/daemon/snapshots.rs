@@ -5,7 +5,8 @@
 //! an access to units not cloned yet waits until the job's thread has
 //! cloned them (copy-before-write), any other is let through at once. The
 //! job's thread clones the rest in the background, a few units per call
-//! (as many as fit [`CALL_BUDGET`]), accesses first.
+//! (as many as fit [`CALL_BUDGET`] at the cost measured so far), accesses
+//! first.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -26,10 +27,13 @@ use crate::sys::fanotify::{EventId, Group};
 use crate::sys::handle::{open_by_handle, FileHandle};
 
 /// How long one background clone call aims to hold the source's locks.
-pub const CALL_BUDGET: Duration = Duration::from_millis(3);
+pub const CALL_BUDGET: Duration = Duration::from_millis(6);
+/// Most units one call clones (16 MiB): met by a batch sized for a sparse
+/// stretch, a fully fragmented one costs ~30 ms on XFS here, not seconds.
+const MAX_BATCH_UNITS: usize = 64;
 /// After letting accesses go on, the sweep waits this long before its
 /// next call, so that they get the file's locks before it does.
-const AFTER_ACCESSES: Duration = Duration::from_micros(500);
+const AFTER_ACCESSES: Duration = Duration::from_micros(200);
 
 /// What snapshot threads tell the loop.
 pub enum Msg {
@@ -58,6 +62,8 @@ struct Ensure {
 struct Running {
     job: Arc<Job>,
     ensures: Sender<Ensure>,
+    /// The source's `(dev, ino)`, to tell its readers from its writers.
+    identity: (u64, u64),
 }
 
 /// How to wake the loop.
@@ -284,7 +290,8 @@ impl Snapshots {
             }
         }
         let instant = monotonic_ns();
-        let size = src.metadata()?.len();
+        let meta = src.metadata()?;
+        let size = meta.len();
         plan.resize(size);
         let spec = Spec {
             src: request.src.clone(),
@@ -308,6 +315,10 @@ impl Snapshots {
             Running {
                 job: job.clone(),
                 ensures: tx,
+                identity: (
+                    std::os::unix::fs::MetadataExt::dev(&meta),
+                    std::os::unix::fs::MetadataExt::ino(&meta),
+                ),
             },
         );
         let (msgs, poke) = (self.msgs.clone(), self.poke.clone());
@@ -363,10 +374,16 @@ impl Snapshots {
         };
         // A truncate (or hole punch, or collapse) reports only where it
         // starts: everything after it must be in first.
-        if !running.job.is_cloned(units.start..n) && users::may_be_truncating(pid as u32) {
+        let pid = pid as u32;
+        let truncating = !running.job.is_cloned(units.start..n) && users::may_be_truncating(pid);
+        if truncating {
             units.end = n;
         }
         if running.job.is_cloned(units.clone()) {
+            return Some(false);
+        }
+        // A process that cannot write the file may read it as it is.
+        if !truncating && !users::may_write(pid, running.identity.0, running.identity.1) {
             return Some(false);
         }
         Some(running.ensures.send(Ensure { units, event }).is_ok())
@@ -446,9 +463,10 @@ fn run_job(
 
 fn sweep(job: &Job, ensures: &Receiver<Ensure>, ready: &impl Fn(EventId)) -> Result<()> {
     let throttle = test_throttle();
-    // A guess for the first call (a unit of 64 extents took ~0.5 ms on XFS
+    // A guess for the first call (a unit of 64 extents takes ~1 ms on XFS
     // here); measured from then on.
     let mut per_unit = Duration::from_millis(1);
+    let mut last_batch = 1;
     let mut cursor = 0;
     loop {
         let mut served = false;
@@ -461,20 +479,24 @@ fn sweep(job: &Job, ensures: &Receiver<Ensure>, ready: &impl Fn(EventId)) -> Res
         if served {
             std::thread::sleep(AFTER_ACCESSES);
         }
-        let batch = if throttle.is_some() {
-            1
-        } else {
-            (CALL_BUDGET.as_nanos() / per_unit.as_nanos().max(1)).clamp(1, 4096) as usize
+        // As many units as the budget allows at the measured cost, growing
+        // at most twofold per call: a dense stretch after a sparse one must
+        // not be met with a huge batch.
+        let fits = (CALL_BUDGET.as_nanos() / per_unit.as_nanos().max(1)) as usize;
+        let batch = match throttle {
+            Some(_) => 1,
+            None => fits.clamp(1, (last_batch * 2).min(MAX_BATCH_UNITS)),
         };
         let Some(run) = job.next_uncloned(cursor, batch) else {
             return Ok(());
         };
+        last_batch = run.len();
         let started = std::time::Instant::now();
         job.clone_units(run.clone(), false)?;
-        // Smoothed: one slow call (a writer holding the lock) should not
-        // shrink the batches for long.
+        // Up at once, down smoothed: a dearer stretch shrinks the next
+        // batch now; one cheap call does not grow it much.
         let took = started.elapsed() / run.len() as u32;
-        per_unit = (per_unit * 7 + took * 3) / 10;
+        per_unit = took.max((per_unit * 7 + took * 3) / 10);
         cursor = run.end;
         if let Some(pause) = throttle {
             // Tests slow the sweep down to write during it.

@@ -1,6 +1,6 @@
 //! Checking a snapshot request and getting everything ready before its
 //! point in time: the files, the reflink check, the plan. Runs off the
-//! daemon's loop (reading a big extent map takes a while); the loop then
+//! daemon's loop (looking through /proc takes a while); the loop then
 //! starts the snapshot in one step.
 
 use std::fs::File;
@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use super::job::partial_path;
 use super::plan::Plan;
 use super::users;
-use crate::sys::extents::{clone_range, fiemap_unsynced};
+use crate::sys::extents::clone_range;
 use crate::sys::fanotify::reopen_nonotify;
 use crate::sys::handle::{handle_of, FileHandle};
 
@@ -27,8 +27,7 @@ pub struct Request {
     pub force: bool,
 }
 
-/// A snapshot ready to start: fds that raise no events, the plan from the
-/// source's extent map as it was just before.
+/// A snapshot ready to start: fds that raise no events, and its plan.
 pub struct Prepared {
     pub request: Request,
     pub handle: FileHandle,
@@ -76,10 +75,13 @@ pub fn prepare(root: &Path, req: Request, keeper_start: u64) -> Result<Prepared>
     drop(created);
     let ready = (|| {
         check_reflink(&src_quiet, &dst_quiet, meta.len(), src)?;
+        // Written back now, while writers still run: each clone flushes its
+        // range first, and should find nothing left to flush there.
+        src_quiet
+            .sync_data()
+            .with_context(|| format!("writing back {}", src.display()))?;
         let block = nix::sys::statvfs::fstatvfs(&src_quiet)?.block_size();
-        let extents = fiemap_unsynced(src_quiet.as_fd(), 0, u64::MAX)
-            .with_context(|| format!("reading the extent map of {}", src.display()))?;
-        Ok(Plan::new(&extents, meta.len(), block))
+        Ok(Plan::new(meta.len(), block))
     })();
     match ready {
         Ok(plan) => Ok(Prepared {

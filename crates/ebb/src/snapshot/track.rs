@@ -5,7 +5,7 @@
 //! file as archived: `ebb changed-ranges BASE FILE` then says what changed
 //! since, and `ebb archive` reads only that (see `hsm::archive`).
 //!
-//! A base is cloned a few extents at a time without the daemon, and kept
+//! A base is cloned 4 MiB at a time without the daemon, and kept
 //! only if the file's size, mtime and ctime did not move meanwhile: it is
 //! exactly the content it claims to be, or there is none.
 
@@ -17,9 +17,12 @@ use anyhow::{bail, Context, Result};
 
 use super::plan::Plan;
 use crate::catalog::{Catalog, StatSnap, Tracking};
-use crate::sys::extents::{clone_range, fiemap_unsynced};
+use crate::sys::extents::clone_range;
 use crate::sys::handle::FileHandle;
 use crate::tree::Tree;
+
+/// Units a base is cloned by per call (4 MiB: at most 1024 extents).
+const BASE_CALL_UNITS: usize = 16;
 
 /// Longest owner name.
 const MAX_OWNER: usize = 128;
@@ -122,13 +125,9 @@ fn clone_unchanged(src: &Path, dst: &Path, stat: &StatSnap) -> Result<bool> {
     let out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let cloned = (|| -> Result<()> {
         let block = nix::sys::statvfs::fstatvfs(&file)?.block_size();
-        let plan = Plan::new(
-            &fiemap_unsynced(file.as_fd(), 0, u64::MAX)?,
-            stat.size,
-            block,
-        );
-        for unit in 0..plan.units() {
-            let bytes = plan.bytes(unit..unit + 1);
+        let plan = Plan::new(stat.size, block);
+        for unit in (0..plan.units()).step_by(BASE_CALL_UNITS) {
+            let bytes = plan.bytes(unit..(unit + BASE_CALL_UNITS).min(plan.units()));
             clone_range(file.as_fd(), bytes.start, bytes.end - bytes.start, out.as_fd(), bytes.start)
                 .map_err(|e| match e.raw_os_error() {
                     Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::EXDEV) => anyhow::anyhow!(

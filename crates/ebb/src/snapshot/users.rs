@@ -104,6 +104,23 @@ fn fd_flags(pid: u32, fd: &str) -> Option<i32> {
     i32::from_str_radix(flags.trim(), 8).ok()
 }
 
+/// Whether process `pid` may write the file `(dev, ino)`: it has it open
+/// for writing, or has an io_uring (whose registered files are not in the
+/// fd table), or cannot be looked at. A process that only reads it cannot
+/// change it (a truncate by path is [`may_be_truncating`]'s to see).
+pub fn may_write(pid: u32, dev: u64, ino: u64) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return true;
+    };
+    fds.flatten().any(|fd| {
+        let ring = std::fs::read_link(fd.path())
+            .is_ok_and(|target| target.as_os_str() == "anon_inode:[io_uring]");
+        ring || (std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+            && fd_flags(pid, &fd.file_name().to_string_lossy())
+                .is_none_or(|f| f & libc::O_ACCMODE != libc::O_RDONLY))
+    })
+}
+
 /// Syscalls that may cut a file short or move its data: a pre-content
 /// event reports only the offset they start at, so the whole rest of the
 /// file must be cloned before they go on. `io_uring_enter` is in because
@@ -167,6 +184,12 @@ mod tests {
         std::fs::write(&path, [0u8; 8192]).expect("write");
         let meta = std::fs::metadata(&path).expect("stat");
         assert!(shared_writable_mappers(meta.dev(), meta.ino()).is_empty());
+        let reader = std::fs::File::open(&path).expect("open for reading");
+        assert!(
+            !may_write(std::process::id(), meta.dev(), meta.ino()),
+            "a reader only"
+        );
+        drop(reader);
         let mut mapper = std::process::Command::new("python3")
             .arg("-c")
             .arg("import mmap,sys,time; f=open(sys.argv[1],'r+b'); m=mmap.mmap(f.fileno(),0); print(1,flush=True); time.sleep(30)")
@@ -190,6 +213,7 @@ mod tests {
             .open(&path)
             .expect("open for writing");
         let me = std::process::id();
+        assert!(may_write(me, meta.dev(), meta.ino()));
         let started = start_time(me).expect("own start time");
         assert!(old_writers(meta.dev(), meta.ino(), started).is_empty());
         let seen = old_writers(meta.dev(), meta.ino(), started + 1);

@@ -55,14 +55,6 @@ pub fn fiemap(file: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<Vec<Exte
     map_extents(file, start, len, FIEMAP_FLAG_SYNC)
 }
 
-/// [`fiemap`] without writing dirty data back first: delayed allocations
-/// may show as `FIEMAP_EXTENT_DELALLOC` extents or not at all. For plans
-/// that need no exactness, and must not flush (and so hold the file's
-/// locks) on every call while the file is being written.
-pub fn fiemap_unsynced(file: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<Vec<Extent>> {
-    map_extents(file, start, len, 0)
-}
-
 fn map_extents(file: BorrowedFd<'_>, start: u64, len: u64, flags: u32) -> io::Result<Vec<Extent>> {
     let end = start.saturating_add(len);
     let mut out = Vec::new();

@@ -154,6 +154,40 @@ fn nonotify_fd_writes_raise_no_events() {
     assert_eq!(&std::fs::read(&path).expect("read")[..5], b"quiet");
 }
 
+/// A truncate is checked by path, not by fd: one through a nonotify fd
+/// still raises `FAN_PRE_ACCESS` (a daemon must never cut a file on the
+/// thread that answers its events), and the range is where the new end
+/// falls (the page holding it), not what is cut off.
+#[test]
+fn a_truncate_raises_pre_access_even_through_a_nonotify_fd() {
+    crate::require_root!();
+    let (fs, group) = fixture();
+    let path = fs.path().join("f");
+    std::fs::write(&path, vec![1u8; 100_000]).expect("create");
+    let plain = std::fs::File::open(&path).expect("open");
+    let quiet =
+        std::fs::File::from(reopen_nonotify(plain.as_fd(), libc::O_RDWR).expect("nonotify fd"));
+    drop(plain);
+    group
+        .mark_filesystem(fs.path(), FAN_PRE_ACCESS)
+        .expect("fs mark");
+    let cutter = std::thread::spawn(move || quiet.set_len(50_000));
+    let mut buf = EventBuffer::default();
+    let events = next_events(&group, &mut buf, Duration::from_secs(5));
+    let event = events.first().expect("the truncate raised an event");
+    assert_eq!(
+        event.range.map(|(off, _)| off),
+        Some(49_152),
+        "{:?}",
+        event.range
+    );
+    assert!(!cutter.is_finished(), "the truncate waits for the answer");
+    let id = event.id().expect("a permission event");
+    group.respond(id, Response::Allow).expect("allow");
+    cutter.join().expect("join").expect("truncate");
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), 50_000);
+}
+
 #[test]
 fn open_perm_holds_an_open_until_the_group_goes_away() {
     crate::require_root!();
