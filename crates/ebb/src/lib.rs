@@ -10,6 +10,7 @@ pub mod cli;
 pub mod daemon;
 pub mod failover;
 pub mod hsm;
+pub mod journal;
 pub mod snapshot;
 pub mod store;
 pub mod sys;

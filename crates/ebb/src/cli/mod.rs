@@ -3,6 +3,7 @@
 
 mod bench;
 mod files;
+mod journal;
 mod snapshot;
 
 use std::io::{BufRead, BufReader, IsTerminal};
@@ -185,6 +186,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What changed under a path of a managed tree since a token.
+    ///
+    /// The daemon records every create, delete, rename, write and
+    /// attribute change under the tree in a journal that survives restarts;
+    /// a token names a point in it. The answer includes every change made
+    /// before the command ran (the daemon writes a cookie file and waits
+    /// for its own event), then the new token to ask with next time. If the
+    /// journal cannot say exactly (the token is from another journal, older
+    /// than it keeps, or a gap is still being repaired), it says that
+    /// everything under PATH may have changed: never a short list.
+    ///
+    /// With --json: one object per path (path, kind: created, modified,
+    /// deleted, renamed or attrib, is_dir); {"everything": true, "reason"}
+    /// first when so; then {"token": …}.
+    Changes {
+        /// A file or directory in a managed tree.
+        path: PathBuf,
+        /// The token of an earlier answer.
+        #[arg(long, value_name = "TOKEN", conflicts_with = "token")]
+        since: Option<String>,
+        /// Print only the current token.
+        #[arg(long)]
+        token: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// git's core.fsmonitor hook (protocol 2):
+    /// git config core.fsmonitor "ebb fsmonitor-hook".
+    ///
+    /// Prints the new token and the paths changed since TOKEN in the work
+    /// tree (the current directory, which must be in a managed tree served
+    /// by a daemon). When it cannot answer exactly it answers "/" (git then
+    /// scans) and says why on stderr; it never fails git.
+    FsmonitorHook {
+        /// The protocol version git speaks (2).
+        version: String,
+        /// git's last token.
+        token: Option<String>,
+    },
     /// Measure ebb against a baseline taken in the same run.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -262,6 +302,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::ChangedRanges { base, file, json } => snapshot::changed_ranges(&base, &file, json),
         Command::Track { file, owner, json } => snapshot::track(&file, &owner, json),
+        Command::Changes {
+            path,
+            since,
+            token,
+            json,
+        } => journal::changes(&path, since.as_deref(), token, json),
+        Command::FsmonitorHook { version, token } => {
+            journal::fsmonitor_hook(&version, token.as_deref())
+        }
         Command::Untrack { file, owner, json } => snapshot::untrack(&file, &owner, json),
         Command::Snapshot {
             src,

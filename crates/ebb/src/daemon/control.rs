@@ -42,6 +42,12 @@ pub enum Request {
     /// How far the snapshot to `dst` is.
     #[serde(rename = "snapshot-status")]
     SnapshotStatus { dst: std::path::PathBuf },
+    /// What changed under `path` since the token `since` (`ebb changes`;
+    /// none: only the current token), up to the moment of asking.
+    Changes {
+        since: Option<String>,
+        path: std::path::PathBuf,
+    },
 }
 
 /// The pid of the daemon serving `tree`, if one is.
@@ -224,6 +230,31 @@ pub fn snapshot_status(tree: &Tree, dst: &std::path::Path) -> Result<serde_json:
         },
         None,
     )
+}
+
+/// What changed under `path` since `since`, from the daemon serving
+/// `tree` (see [`Request::Changes`]).
+pub fn changes(
+    tree: &Tree,
+    since: Option<&crate::journal::Token>,
+    path: &std::path::Path,
+) -> Result<crate::journal::Answer> {
+    let pid = daemon_pid(tree)?.with_context(|| {
+        format!(
+            "no ebb daemon is serving {}: changes are known up to the moment only while it runs (ebb daemon {} --background)",
+            tree.root().display(),
+            tree.root().display()
+        )
+    })?;
+    let reply = call(
+        &connect(tree, pid)?,
+        &Request::Changes {
+            since: since.map(ToString::to_string),
+            path: path.to_path_buf(),
+        },
+        None,
+    )?;
+    serde_json::from_value(reply).context("reading the daemon's answer")
 }
 
 fn no_daemon(tree: &Tree) -> String {

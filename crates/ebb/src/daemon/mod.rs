@@ -108,6 +108,8 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
         false,
     );
     let store = tree.store()?;
+    // The journal's database too (made now if new): its recorder writes it.
+    crate::journal::db::Journal::open(&tree.state_dir().join("journal.db"))?;
     silence_own_files(&group, tree)?;
     group
         .mark_filesystem(tree.root(), WATCHED)
@@ -134,6 +136,17 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     // Before any kept event is answered: writers waiting on a snapshot's
     // source must not go on before its units are in.
     snapshots.finish_recorded();
+
+    // Changes are recorded from here on (a start after downtime is a gap,
+    // repaired by a crawl on the recorder's thread). Populating does not
+    // depend on it: if it cannot start, the daemon serves without it.
+    let recorder = match crate::journal::recorder::Recorder::start(tree) {
+        Ok(r) => Ok(Arc::new(r)),
+        Err(e) => {
+            tracing::error!("the change journal is not recording: {e:#}");
+            Err(format!("{e:#}"))
+        }
+    };
 
     takeover::restore_mtimes(tree, &interrupted)?;
     if !pending.is_empty() {
@@ -199,6 +212,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
         fills: done_rx,
         control: ctl_rx,
         snapshots: snap_rx,
+        journal: recorder,
     };
     let result = event_loop(tree, &mut populator, &sigfd, &wake, &channels);
     let _ = std::fs::remove_file(&socket);
@@ -252,6 +266,8 @@ struct Channels {
     fills: Receiver<FillDone>,
     control: Receiver<Incoming>,
     snapshots: Receiver<snapshots::Msg>,
+    /// The change journal's recorder, or why it is not running.
+    journal: Result<Arc<crate::journal::recorder::Recorder>, String>,
 }
 
 fn event_loop(
@@ -317,7 +333,7 @@ fn event_loop(
                 tracing::info!("handing over: no more reads; finishing what was read");
                 handover = Some(incoming);
             } else {
-                serve_request(populator, incoming);
+                serve_request(populator, &channels.journal, incoming);
             }
         }
         populator.settle();
@@ -338,7 +354,11 @@ fn event_loop(
     }
 }
 
-fn serve_request(populator: &mut Populator, incoming: Incoming) {
+fn serve_request(
+    populator: &mut Populator,
+    journal: &Result<Arc<crate::journal::recorder::Recorder>, String>,
+    incoming: Incoming,
+) {
     let reply = match incoming.request {
         Request::Forget => match incoming.fd {
             Some(fd) => populator
@@ -354,9 +374,44 @@ fn serve_request(populator: &mut Populator, incoming: Incoming) {
             return;
         }
         Request::SnapshotStatus { dst } => populator.snapshots.status(&dst),
+        Request::Changes { since, path } => {
+            // Off the loop: the answer waits for the recorder's cookie.
+            match journal {
+                Ok(recorder) => answer_changes(recorder.clone(), since, path, incoming.reply),
+                Err(why) => {
+                    let _ = incoming
+                        .reply
+                        .send(Err(format!("the change journal is not recording: {why}")));
+                }
+            }
+            return;
+        }
         Request::Handover => Err("handover is answered by the loop".to_string()),
     };
     let _ = incoming.reply.send(reply);
+}
+
+fn answer_changes(
+    recorder: Arc<crate::journal::recorder::Recorder>,
+    since: Option<String>,
+    path: std::path::PathBuf,
+    reply: crossbeam_channel::Sender<Result<serde_json::Value, String>>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("ebb-changes".into())
+        .spawn(move || {
+            let answer = since
+                .as_deref()
+                .map(str::parse::<crate::journal::Token>)
+                .transpose()
+                .and_then(|since| recorder.answer(since.as_ref(), &path))
+                .and_then(|a| serde_json::to_value(a).map_err(Into::into))
+                .map_err(|e| format!("{e:#}"));
+            let _ = reply.send(answer);
+        });
+    if let Err(e) = spawned {
+        tracing::error!("starting a thread for a changes query: {e}");
+    }
 }
 
 fn on_snapshot_msg(populator: &mut Populator, msg: snapshots::Msg) {

@@ -1,0 +1,292 @@
+//! The journal's durable part: `.ebb/journal.db` (SQLite, WAL).
+//!
+//! - `events`: every change, by sequence number (gaps included, as events
+//!   of kind `gap`, so that order is one number);
+//! - `gaps`: each gap and whether the crawl after it has repaired it (then
+//!   the changes it found follow it in `events`, and a query across it is
+//!   exact again);
+//! - `entries`: the index: what each path under the tree was when last
+//!   seen (inode, size, mtime, ctime, mode), kept current from events, and
+//!   compared with the tree by the crawl after a gap;
+//! - `meta`: the journal's id (a new journal, a new id: older tokens mean
+//!   "everything") and the oldest sequence number retained.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{Change, Entry, Kind};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq    INTEGER PRIMARY KEY,
+    kind   INTEGER NOT NULL,
+    is_dir INTEGER NOT NULL,
+    path   TEXT NOT NULL,
+    other  TEXT
+);
+CREATE TABLE IF NOT EXISTS gaps (
+    seq      INTEGER PRIMARY KEY,
+    reason   TEXT NOT NULL,
+    repaired INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS entries (
+    path  TEXT PRIMARY KEY,
+    ino   INTEGER NOT NULL,
+    size  INTEGER NOT NULL,
+    mtime INTEGER NOT NULL,
+    ctime INTEGER NOT NULL,
+    mode  INTEGER NOT NULL
+);
+";
+
+/// An open journal.
+pub struct Journal {
+    conn: Connection,
+    id: String,
+}
+
+/// What a query found since a sequence number.
+#[derive(Debug)]
+pub enum Since {
+    /// Exactly these changes (oldest first).
+    Changes(Vec<(u64, Change)>),
+    /// A gap after the point asked for is not repaired yet.
+    Unrepaired,
+    /// The point asked for is older than what is kept.
+    Pruned,
+}
+
+impl Journal {
+    /// Open (creating if needed) the journal at `path`; `true` with it if
+    /// it is new.
+    pub fn open(path: &Path) -> Result<(Journal, bool)> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening the journal {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        anyhow::ensure!(
+            mode.eq_ignore_ascii_case("wal"),
+            "the journal cannot use WAL"
+        );
+        crate::sys::sqlite::persist_wal(&conn)?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;")?;
+        conn.execute_batch(SCHEMA)?;
+        let id: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'id'", [], |r| r.get(0))
+            .optional()?;
+        let fresh = id.is_none();
+        let id = match id {
+            Some(id) => id,
+            None => {
+                let id = format!("{:016x}", rand::random::<u64>());
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('id', ?1), ('first', '1')",
+                    params![id],
+                )?;
+                id
+            }
+        };
+        let journal = Journal { conn, id };
+        // Made and never written to (the daemon makes it early): still new.
+        let fresh = fresh || journal.last_seq()? == 0;
+        Ok((journal, fresh))
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The newest sequence number (0 if none).
+    pub fn last_seq(&self) -> Result<u64> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+        Ok(seq.unwrap_or(0) as u64)
+    }
+
+    /// The oldest sequence number kept: a token before it (minus one) is
+    /// older than retention.
+    pub fn first_seq(&self) -> Result<u64> {
+        let first: String =
+            self.conn
+                .query_row("SELECT value FROM meta WHERE key = 'first'", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(first.parse().unwrap_or(1))
+    }
+
+    /// Append `changes` and bring the index up to date for them, in one
+    /// transaction. `stat` says what a path is now (`None`: gone).
+    pub fn append(
+        &mut self,
+        changes: &[Change],
+        stat: impl Fn(&str) -> Option<Entry>,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (kind, is_dir, path, other) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO entries (path, ino, size, mtime, ctime, mode) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(path) DO UPDATE SET ino = excluded.ino, size = excluded.size,
+                   mtime = excluded.mtime, ctime = excluded.ctime, mode = excluded.mode",
+            )?;
+            let mut remove = tx.prepare_cached("DELETE FROM entries WHERE path = ?1")?;
+            for c in changes {
+                insert.execute(params![c.kind as i64, c.is_dir, c.path, c.from])?;
+                if c.kind == Kind::Renamed && c.is_dir {
+                    if let Some(from) = &c.from {
+                        move_prefix(&tx, from, &c.path)?;
+                    }
+                }
+                for path in std::iter::once(&c.path).chain(c.from.iter()) {
+                    match stat(path) {
+                        Some(e) => {
+                            upsert.execute(params![
+                                path,
+                                e.ino as i64,
+                                e.size as i64,
+                                e.mtime,
+                                e.ctime,
+                                e.mode
+                            ])?;
+                        }
+                        None => {
+                            remove.execute(params![path])?;
+                            if c.is_dir && c.kind == Kind::Deleted {
+                                tx.execute(
+                                    "DELETE FROM entries WHERE path >= ?1 AND path < ?2",
+                                    params![format!("{path}/"), format!("{path}0")],
+                                )?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Record a gap: from here until it is repaired, changes may be
+    /// missing. Returns its sequence number.
+    pub fn open_gap(&mut self, reason: &str) -> Result<u64> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO events (kind, is_dir, path) VALUES (?1, 1, '')",
+            params![Kind::Gap as i64],
+        )?;
+        let seq = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO gaps (seq, reason) VALUES (?1, ?2)",
+            params![seq, reason],
+        )?;
+        tx.commit()?;
+        Ok(seq as u64)
+    }
+
+    /// Every gap so far is repaired: the changes the crawl found are in.
+    pub fn close_gaps(&mut self) -> Result<()> {
+        self.conn
+            .execute("UPDATE gaps SET repaired = 1 WHERE repaired = 0", [])?;
+        Ok(())
+    }
+
+    /// The changes after `seq` under `prefix` (a path relative to the
+    /// tree; "" for all of it).
+    pub fn since(&self, seq: u64, prefix: &str) -> Result<Since> {
+        if seq + 1 < self.first_seq()? {
+            return Ok(Since::Pruned);
+        }
+        let unrepaired: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM gaps WHERE seq > ?1 AND repaired = 0",
+            params![seq as i64],
+            |r| r.get(0),
+        )?;
+        if unrepaired > 0 {
+            return Ok(Since::Unrepaired);
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, kind, is_dir, path, other FROM events WHERE seq > ?1 AND kind != ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![seq as i64, Kind::Gap as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                Change {
+                    kind: Kind::from_i64(r.get(1)?),
+                    is_dir: r.get(2)?,
+                    path: r.get(3)?,
+                    from: r.get(4)?,
+                },
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, change) = row?;
+            if change.touches(prefix) {
+                out.push((seq, change));
+            }
+        }
+        Ok(Since::Changes(out))
+    }
+
+    /// The index, for the crawl to compare the tree with.
+    pub fn entries(&self) -> Result<HashMap<String, Entry>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path, ino, size, mtime, ctime, mode FROM entries")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Entry {
+                    ino: r.get::<_, i64>(1)? as u64,
+                    size: r.get::<_, i64>(2)? as u64,
+                    mtime: r.get(3)?,
+                    ctime: r.get(4)?,
+                    mode: r.get(5)?,
+                },
+            ))
+        })?;
+        rows.collect::<rusqlite::Result<_>>().map_err(Into::into)
+    }
+
+    /// Keep at most `keep` events: older ones go, and the oldest token
+    /// still answered exactly moves forward.
+    pub fn prune(&mut self, keep: u64) -> Result<()> {
+        let last = self.last_seq()?;
+        if last <= keep || last - keep <= self.first_seq()? {
+            return Ok(());
+        }
+        let first = last - keep;
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM events WHERE seq < ?1", params![first as i64])?;
+        tx.execute("DELETE FROM gaps WHERE seq < ?1", params![first as i64])?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'first'",
+            params![first.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// A directory moved: its index entries move with it.
+fn move_prefix(tx: &rusqlite::Transaction<'_>, from: &str, to: &str) -> Result<()> {
+    tx.execute(
+        "UPDATE OR REPLACE entries SET path = ?3 || substr(path, ?4)
+         WHERE path >= ?1 AND path < ?2",
+        params![
+            format!("{from}/"),
+            format!("{from}0"),
+            to,
+            from.len() as i64 + 1
+        ],
+    )?;
+    Ok(())
+}

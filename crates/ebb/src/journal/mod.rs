@@ -1,0 +1,250 @@
+//! The change journal: what changed under a managed tree since any token,
+//! exactly, across queue overflows and daemon downtime.
+//!
+//! - [`recorder`] reads a notification group (`FAN_REPORT_DFID_NAME`
+//!   with target fids, `FAN_RENAME`) with a filesystem mark, turns events
+//!   into paths under the tree and appends them to the [`db`] in batches;
+//! - a gap (queue overflow, or a start after downtime) is recorded as such
+//!   and repaired by a stat-only [`crawl`] that compares the tree with the
+//!   index and journals what differs;
+//! - a query first writes a cookie file and waits until the recorder has
+//!   seen it, so the answer includes every change made before it was asked.
+
+pub mod crawl;
+pub mod db;
+pub mod fsmonitor;
+pub mod recorder;
+
+use std::os::unix::fs::MetadataExt;
+
+use anyhow::{bail, Result};
+
+/// What happened to a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Created = 1,
+    Modified = 2,
+    Deleted = 3,
+    Renamed = 4,
+    Attrib = 5,
+    /// Changes may be missing here (until the gap is repaired).
+    Gap = 6,
+}
+
+impl Kind {
+    fn from_i64(v: i64) -> Kind {
+        match v {
+            1 => Kind::Created,
+            2 => Kind::Modified,
+            3 => Kind::Deleted,
+            4 => Kind::Renamed,
+            5 => Kind::Attrib,
+            _ => Kind::Gap,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Created => "created",
+            Kind::Modified => "modified",
+            Kind::Deleted => "deleted",
+            Kind::Renamed => "renamed",
+            Kind::Attrib => "attrib",
+            Kind::Gap => "gap",
+        }
+    }
+}
+
+/// One change, paths relative to the tree's root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub kind: Kind,
+    pub is_dir: bool,
+    pub path: String,
+    /// For a rename: where it came from.
+    pub from: Option<String>,
+}
+
+impl Change {
+    /// Whether this change may have changed something under `prefix` ("" is
+    /// the whole tree): a path under it, or a directory above it that was
+    /// renamed or deleted (which changes everything below).
+    pub fn touches(&self, prefix: &str) -> bool {
+        std::iter::once(&self.path)
+            .chain(self.from.iter())
+            .any(|p| under(p, prefix) || (self.is_dir && under(prefix, p)))
+    }
+}
+
+/// Whether `path` is `prefix` or below it.
+pub fn under(path: &str, prefix: &str) -> bool {
+    prefix.is_empty()
+        || path == prefix
+        || (path.len() > prefix.len()
+            && path.starts_with(prefix)
+            && path.as_bytes()[prefix.len()] == b'/')
+}
+
+/// What a path was when last seen: enough to tell that it changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub ino: u64,
+    pub size: u64,
+    /// Nanoseconds since the epoch.
+    pub mtime: i64,
+    pub ctime: i64,
+    pub mode: u32,
+}
+
+impl Entry {
+    pub fn of(meta: &std::fs::Metadata) -> Entry {
+        Entry {
+            ino: meta.ino(),
+            size: if meta.is_dir() { 0 } else { meta.size() },
+            mtime: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            mode: meta.mode(),
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+}
+
+/// A point in a journal: `ebb:<journal id>:<sequence number>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    pub journal: String,
+    pub seq: u64,
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ebb:{}:{}", self.journal, self.seq)
+    }
+}
+
+impl std::str::FromStr for Token {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Token> {
+        let mut parts = s.trim().split(':');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("ebb"), Some(id), Some(seq), None)
+                if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                match seq.parse() {
+                    Ok(seq) => Ok(Token {
+                        journal: id.to_string(),
+                        seq,
+                    }),
+                    Err(_) => bail!("{s:?} is not an ebb token (its sequence number is not a number)"),
+                }
+            }
+            _ => bail!("{s:?} is not an ebb token (they look like ebb:3f9a…:1200; get one with `ebb changes --token PATH`)"),
+        }
+    }
+}
+
+/// The answer to "what changed under PATH since TOKEN".
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Answer {
+    /// The token to ask with next time.
+    pub token: String,
+    /// Set when the journal cannot say exactly: everything under the path
+    /// may have changed, for this reason.
+    pub everything: Option<String>,
+    /// Each path that may have changed, once (the last change to it).
+    pub changes: Vec<AnsweredChange>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct AnsweredChange {
+    /// Relative to the tree's root.
+    pub path: String,
+    pub kind: String,
+    pub is_dir: bool,
+}
+
+/// One entry per path, the last change to each, in the order they last
+/// changed; both ends of a rename.
+pub fn summarize(changes: &[(u64, Change)]) -> Vec<AnsweredChange> {
+    let mut last: std::collections::HashMap<&str, (u64, Kind, bool)> = Default::default();
+    for (seq, c) in changes {
+        for p in std::iter::once(&c.path).chain(c.from.iter()) {
+            last.insert(p, (*seq, c.kind, c.is_dir));
+        }
+    }
+    let mut out: Vec<(u64, AnsweredChange)> = last
+        .into_iter()
+        .map(|(path, (seq, kind, is_dir))| {
+            (
+                seq,
+                AnsweredChange {
+                    path: path.to_string(),
+                    kind: kind.as_str().to_string(),
+                    is_dir,
+                },
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| (a.0, &a.1.path).cmp(&(b.0, &b.1.path)));
+    out.into_iter().map(|(_, c)| c).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_garbage_is_refused() {
+        let t: Token = "ebb:3f9a:1200".parse().unwrap();
+        assert_eq!((t.journal.as_str(), t.seq), ("3f9a", 1200));
+        assert_eq!(t.to_string(), "ebb:3f9a:1200");
+        for bad in ["", "ebb", "ebb:xyz:1", "ebb:3f:x", "git:3f:1", "ebb:3f:1:2"] {
+            assert!(bad.parse::<Token>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_change_touches_its_subtree_and_a_moved_directory_everything_below() {
+        let file = Change {
+            kind: Kind::Modified,
+            is_dir: false,
+            path: "src/a.c".into(),
+            from: None,
+        };
+        assert!(file.touches("") && file.touches("src") && file.touches("src/a.c"));
+        assert!(!file.touches("sr") && !file.touches("docs") && !file.touches("src/a.cc"));
+        let moved = Change {
+            kind: Kind::Renamed,
+            is_dir: true,
+            path: "new".into(),
+            from: Some("old/dir".into()),
+        };
+        assert!(moved.touches("old") && moved.touches("old/dir/x/y") && moved.touches("new/z"));
+        assert!(!moved.touches("other"));
+    }
+
+    #[test]
+    fn answers_name_each_path_once_with_its_last_change() {
+        let c = |kind, path: &str, from: Option<&str>| Change {
+            kind,
+            is_dir: false,
+            path: path.into(),
+            from: from.map(Into::into),
+        };
+        let s = summarize(&[
+            (1, c(Kind::Created, "a", None)),
+            (2, c(Kind::Modified, "a", None)),
+            (3, c(Kind::Renamed, "b", Some("a"))),
+        ]);
+        let got: Vec<(&str, &str)> = s
+            .iter()
+            .map(|c| (c.path.as_str(), c.kind.as_str()))
+            .collect();
+        assert_eq!(got, vec![("a", "renamed"), ("b", "renamed")]);
+    }
+}

@@ -1,0 +1,510 @@
+//! The recorder: a thread of the daemon that turns fanotify events into
+//! journal entries, and the query side (cookie, then read).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::db::{Journal, Since};
+use super::{crawl, summarize, Answer, Change, Entry, Kind, Token};
+use crate::sys::fanotify::{
+    Class, Event, EventBuffer, Group, InitOptions, INFO_DFID_NAME, INFO_FID, INFO_NEW_DFID_NAME,
+    INFO_OLD_DFID_NAME,
+};
+use crate::sys::handle::{handle_of, open_by_handle, FileHandle};
+use crate::tree::Tree;
+
+/// What the journal's group watches.
+const MASK: u64 = libc::FAN_CREATE
+    | libc::FAN_DELETE
+    | libc::FAN_RENAME
+    | libc::FAN_MODIFY
+    | libc::FAN_ATTRIB
+    | libc::FAN_ONDIR;
+/// Where query cookies are made, under the tree's state directory.
+const COOKIES: &str = "cookies";
+/// How long a query waits for its cookie, or for a gap to be repaired.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events kept, by default (`EBB_JOURNAL_MAX_EVENTS` overrides).
+pub const MAX_EVENTS: u64 = 1_000_000;
+/// Directory paths remembered by handle, at most.
+const MAX_DIRS: usize = 1 << 18;
+
+/// Cookies the recorder has seen, for queries waiting on them.
+#[derive(Default)]
+struct Cookies {
+    seen: Mutex<HashSet<String>>,
+    cv: Condvar,
+}
+
+/// The running recorder, as the daemon holds it.
+pub struct Recorder {
+    root: PathBuf,
+    db: PathBuf,
+    cookies: Arc<Cookies>,
+    next_cookie: AtomicU64,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    /// Start recording `tree`: the mark goes in first, then a start after
+    /// downtime is recorded as a gap and repaired by a crawl (on the
+    /// recorder's thread, while events already queue).
+    pub fn start(tree: &Tree) -> Result<Recorder> {
+        let root = tree.root().to_path_buf();
+        let db = tree.state_dir().join("journal.db");
+        std::fs::create_dir_all(tree.state_dir().join(COOKIES))?;
+        let group = Group::new(InitOptions {
+            class: Class::Notif,
+            nonblock: true,
+            unlimited_queue: false,
+            event_open_flags: libc::O_RDONLY,
+            report: libc::FAN_REPORT_DFID_NAME_TARGET,
+        })
+        .context("creating the journal's fanotify group")?;
+        group
+            .mark_filesystem(&root, MASK)
+            .with_context(|| format!("marking {} for the journal", root.display()))?;
+        let (mut journal, fresh) = Journal::open(&db)?;
+        if !fresh {
+            journal.open_gap("ebb was not recording (the daemon was stopped or crashed)")?;
+        }
+        let cookies = Arc::new(Cookies::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let root_fd = File::open(&root)?;
+        let (root_handle, _) = handle_of(root_fd.as_fd())?;
+        let state_handle = handle_of(File::open(tree.state_dir())?.as_fd())?.0;
+        let cookie_handle = handle_of(File::open(tree.state_dir().join(COOKIES))?.as_fd())?.0;
+        let mut worker = Worker {
+            root: root.clone(),
+            root_fd,
+            group,
+            journal,
+            dirs: HashMap::from([(root_handle, String::new())]),
+            state_handle,
+            cookie_handle,
+            cookies: cookies.clone(),
+            max_events: std::env::var("EBB_JOURNAL_MAX_EVENTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(MAX_EVENTS),
+        };
+        let stop_flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ebb-journal".into())
+            .spawn(move || {
+                let first = if fresh {
+                    worker.index_silently()
+                } else {
+                    worker.repair()
+                };
+                if let Err(e) = first.and_then(|()| worker.run(&stop_flag)) {
+                    tracing::error!("the journal stopped recording: {e:#}");
+                }
+            })?;
+        Ok(Recorder {
+            root,
+            db,
+            cookies,
+            next_cookie: AtomicU64::new(0),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// What changed under `path` since `since` (`None`: nothing is asked,
+    /// only the current token), up to the moment of the call.
+    pub fn answer(&self, since: Option<&Token>, path: &Path) -> Result<Answer> {
+        let rel = relative(&self.root, path)?;
+        self.sync()?;
+        let (journal, _) = Journal::open(&self.db)?;
+        let token = |seq| Token {
+            journal: journal.id().to_string(),
+            seq,
+        };
+        let last = journal.last_seq()?;
+        let everything = |why: &str| Answer {
+            token: token(last).to_string(),
+            everything: Some(why.to_string()),
+            changes: Vec::new(),
+        };
+        let Some(since) = since else {
+            return Ok(Answer {
+                token: token(last).to_string(),
+                everything: None,
+                changes: Vec::new(),
+            });
+        };
+        if since.journal != journal.id() {
+            return Ok(everything(
+                "the token is from another journal (this tree's, recreated, or another tree's)",
+            ));
+        }
+        if since.seq > last {
+            return Ok(everything("the token is from the future of this journal"));
+        }
+        let deadline = Instant::now() + SYNC_TIMEOUT;
+        loop {
+            match journal.since(since.seq, &rel)? {
+                Since::Changes(changes) => {
+                    let last = changes.last().map_or(last, |(s, _)| (*s).max(last));
+                    return Ok(Answer {
+                        token: token(last).to_string(),
+                        everything: None,
+                        changes: summarize(&changes),
+                    });
+                }
+                Since::Pruned => {
+                    return Ok(everything("the token is older than the journal keeps"))
+                }
+                Since::Unrepaired if Instant::now() > deadline => {
+                    return Ok(everything(
+                        "a gap in the journal (downtime or overflow) is still being repaired",
+                    ))
+                }
+                Since::Unrepaired => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Write a cookie and wait until the recorder has seen it: every change
+    /// made before is in the journal then.
+    fn sync(&self) -> Result<()> {
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            self.next_cookie.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = self
+            .root
+            .join(crate::tree::STATE_DIR)
+            .join(COOKIES)
+            .join(&name);
+        File::create(&path).with_context(|| format!("creating the cookie {}", path.display()))?;
+        let seen = {
+            let mut seen = self.cookies.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let deadline = Instant::now() + SYNC_TIMEOUT;
+            while !seen.remove(&name) && Instant::now() < deadline {
+                seen = self
+                    .cookies
+                    .cv
+                    .wait_timeout(seen, Duration::from_millis(100))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            Instant::now() < deadline
+        };
+        let _ = std::fs::remove_file(&path);
+        anyhow::ensure!(
+            seen,
+            "the journal did not see its cookie within {} s (is the daemon overloaded?)",
+            SYNC_TIMEOUT.as_secs()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `path` relative to `root`, as the journal stores it.
+fn relative(root: &Path, path: &Path) -> Result<String> {
+    let rel = path.strip_prefix(root).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is outside the managed tree {}",
+            path.display(),
+            root.display()
+        )
+    })?;
+    Ok(rel.to_string_lossy().into_owned())
+}
+
+/// Where a directory handle points.
+enum Dir {
+    /// This path under the tree.
+    Inside(String),
+    /// Outside the tree, or ebb's own state: not journaled.
+    Ignored,
+    /// Cannot be known any more (the directory is gone).
+    Unknown,
+}
+
+/// The recorder thread's state.
+struct Worker {
+    root: PathBuf,
+    root_fd: File,
+    group: Group,
+    journal: Journal,
+    /// Directory paths by handle (relative to the root).
+    dirs: HashMap<FileHandle, String>,
+    state_handle: FileHandle,
+    cookie_handle: FileHandle,
+    cookies: Arc<Cookies>,
+    max_events: u64,
+}
+
+impl Worker {
+    fn run(&mut self, stop: &AtomicBool) -> Result<()> {
+        let mut buf = EventBuffer::new(256 * 1024);
+        let mut appended = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let mut fds = [nix::poll::PollFd::new(
+                self.group.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+            let events = self.group.read_events(&mut buf)?;
+            if events.is_empty() {
+                continue;
+            }
+            let mut changes = Vec::with_capacity(events.len());
+            let mut cookies = Vec::new();
+            let mut gap = None;
+            for event in &events {
+                if event.mask & libc::FAN_Q_OVERFLOW != 0 {
+                    gap = Some("the kernel's event queue overflowed");
+                    continue;
+                }
+                match self.translate(event, &mut cookies) {
+                    Ok(Some(c)) => {
+                        // Repeats in one batch (writes) say nothing new.
+                        if changes.last() != Some(&c) {
+                            changes.push(c);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(()) => gap = Some("a directory was gone before its events were read"),
+                }
+            }
+            if !changes.is_empty() {
+                let root = self.root.clone();
+                self.journal.append(&changes, |p| stat(&root, p))?;
+                appended += changes.len() as u64;
+            }
+            if let Some(why) = gap {
+                tracing::warn!("journal: {why}; crawling to repair the gap");
+                self.journal.open_gap(why)?;
+                self.repair()?;
+            }
+            if !cookies.is_empty() {
+                let mut seen = self.cookies.seen.lock().unwrap_or_else(|e| e.into_inner());
+                seen.extend(cookies);
+                self.cookies.cv.notify_all();
+            }
+            if appended > 10_000 {
+                appended = 0;
+                self.journal.prune(self.max_events)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Compare the tree with the index and journal what differs; then every
+    /// gap so far is repaired.
+    fn repair(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let now = crawl::scan(&self.root)?;
+        let changes = crawl::diff(&self.journal.entries()?, &now);
+        self.journal.append(&changes, |p| now.get(p).copied())?;
+        self.journal.close_gaps()?;
+        tracing::info!(
+            "journal: gap repaired by a crawl of {} paths in {:?} ({} changes)",
+            now.len(),
+            started.elapsed(),
+            changes.len()
+        );
+        Ok(())
+    }
+
+    /// A new journal: index the tree without journaling it (no token from
+    /// before this journal exists to ask about it).
+    fn index_silently(&mut self) -> Result<()> {
+        let now = crawl::scan(&self.root)?;
+        let changes: Vec<Change> = now
+            .iter()
+            .map(|(path, e)| Change {
+                kind: Kind::Created,
+                is_dir: e.is_dir(),
+                path: path.clone(),
+                from: None,
+            })
+            .collect();
+        self.journal.append(&changes, |p| now.get(p).copied())?;
+        // Those are not news to anyone: start the journal after them.
+        self.journal.prune(0)?;
+        Ok(())
+    }
+
+    /// The change an event means; `Err` if its directory cannot be known.
+    fn translate(
+        &mut self,
+        event: &Event,
+        cookies: &mut Vec<String>,
+    ) -> Result<Option<Change>, ()> {
+        let is_dir = event.mask & libc::FAN_ONDIR != 0;
+        let named = |kind: u8| event.fids.iter().find(|f| f.kind == kind);
+        if event.mask & libc::FAN_RENAME != 0 {
+            let (Some(old), Some(new)) = (named(INFO_OLD_DFID_NAME), named(INFO_NEW_DFID_NAME))
+            else {
+                return Err(());
+            };
+            let from = self.path_in(&old.handle, old.name.as_deref())?;
+            let to = self.path_in(&new.handle, new.name.as_deref())?;
+            let (from, to) = match (from, to) {
+                (None, None) => return Ok(None),
+                (Some(from), None) => (from, None),
+                (None, Some(to)) => {
+                    return Ok(Some(Change {
+                        kind: Kind::Created,
+                        is_dir,
+                        path: to,
+                        from: None,
+                    }))
+                }
+                (Some(from), Some(to)) => (from, Some(to)),
+            };
+            let Some(to) = to else {
+                // Moved out of the tree: gone, as far as it is concerned.
+                return Ok(Some(Change {
+                    kind: Kind::Deleted,
+                    is_dir,
+                    path: from,
+                    from: None,
+                }));
+            };
+            if is_dir {
+                self.moved_dir(&from, &to);
+            }
+            return Ok(Some(Change {
+                kind: Kind::Renamed,
+                is_dir,
+                path: to,
+                from: Some(from),
+            }));
+        }
+        let Some(entry) = named(INFO_DFID_NAME) else {
+            return Ok(None);
+        };
+        if entry.handle == self.cookie_handle {
+            if event.mask & libc::FAN_CREATE != 0 {
+                if let Some(name) = &entry.name {
+                    cookies.push(String::from_utf8_lossy(name).into_owned());
+                }
+            }
+            return Ok(None);
+        }
+        let Some(path) = self.path_in(&entry.handle, entry.name.as_deref())? else {
+            return Ok(None);
+        };
+        let kind = if event.mask & libc::FAN_CREATE != 0 {
+            Kind::Created
+        } else if event.mask & libc::FAN_DELETE != 0 {
+            Kind::Deleted
+        } else if event.mask & libc::FAN_MODIFY != 0 {
+            Kind::Modified
+        } else {
+            Kind::Attrib
+        };
+        // A new directory's own handle comes with its create: its children
+        // can be placed even if it is gone before they are read.
+        if is_dir && kind == Kind::Created {
+            if let Some(target) = named(INFO_FID) {
+                self.remember(target.handle.clone(), path.clone());
+            }
+        }
+        Ok(Some(Change {
+            kind,
+            is_dir,
+            path,
+            from: None,
+        }))
+    }
+
+    /// The path of `name` in the directory `dir`; `None` if not journaled.
+    fn path_in(&mut self, dir: &FileHandle, name: Option<&[u8]>) -> Result<Option<String>, ()> {
+        let dir = match self.dir(dir) {
+            Dir::Inside(p) => p,
+            Dir::Ignored => return Ok(None),
+            Dir::Unknown => return Err(()),
+        };
+        let name = String::from_utf8_lossy(name.unwrap_or_default()).into_owned();
+        if name.is_empty() || name == "." {
+            return Ok(Some(dir));
+        }
+        if dir.is_empty() && name == crate::tree::STATE_DIR {
+            return Ok(None);
+        }
+        Ok(Some(if dir.is_empty() {
+            name
+        } else {
+            format!("{dir}/{name}")
+        }))
+    }
+
+    fn dir(&mut self, handle: &FileHandle) -> Dir {
+        if *handle == self.state_handle {
+            return Dir::Ignored;
+        }
+        if let Some(p) = self.dirs.get(handle) {
+            return Dir::Inside(p.clone());
+        }
+        let Ok(fd) = open_by_handle(
+            self.root_fd.as_fd(),
+            handle,
+            libc::O_PATH | libc::O_DIRECTORY,
+        ) else {
+            return Dir::Unknown;
+        };
+        let Ok(abs) = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
+            return Dir::Unknown;
+        };
+        if abs.to_string_lossy().ends_with(" (deleted)") {
+            return Dir::Unknown;
+        }
+        let Ok(rel) = abs.strip_prefix(&self.root) else {
+            return Dir::Ignored;
+        };
+        let rel = rel.to_string_lossy().into_owned();
+        if rel == crate::tree::STATE_DIR || rel.starts_with(".ebb/") {
+            return Dir::Ignored;
+        }
+        self.remember(handle.clone(), rel.clone());
+        Dir::Inside(rel)
+    }
+
+    fn remember(&mut self, handle: FileHandle, path: String) {
+        if self.dirs.len() >= MAX_DIRS {
+            self.dirs.retain(|_, p| p.is_empty());
+        }
+        self.dirs.insert(handle, path);
+    }
+
+    /// A directory moved: the paths remembered under it move too.
+    fn moved_dir(&mut self, from: &str, to: &str) {
+        for p in self.dirs.values_mut() {
+            if super::under(p, from) && !from.is_empty() {
+                *p = format!("{to}{}", &p[from.len()..]);
+            }
+        }
+    }
+}
+
+/// What `rel` under `root` is now, for the index.
+fn stat(root: &Path, rel: &str) -> Option<Entry> {
+    std::fs::symlink_metadata(root.join(rel))
+        .ok()
+        .map(|m| Entry::of(&m))
+}
