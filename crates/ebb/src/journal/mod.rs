@@ -174,7 +174,14 @@ pub fn summarize(changes: &[(u64, Change)]) -> Vec<AnsweredChange> {
     let mut last: std::collections::HashMap<&str, (u64, Kind, bool)> = Default::default();
     for (seq, c) in changes {
         for p in std::iter::once(&c.path).chain(c.from.iter()) {
-            last.insert(p, (*seq, c.kind, c.is_dir));
+            // Made since, then written: still "created" to whoever asks.
+            let kind = match last.get(p.as_str()) {
+                Some((_, Kind::Created, _)) if matches!(c.kind, Kind::Modified | Kind::Attrib) => {
+                    Kind::Created
+                }
+                _ => c.kind,
+            };
+            last.insert(p, (*seq, kind, c.is_dir));
         }
     }
     let mut out: Vec<(u64, AnsweredChange)> = last

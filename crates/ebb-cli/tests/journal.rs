@@ -1,0 +1,387 @@
+//! End to end: the change journal (`ebb changes`) and git's fsmonitor hook,
+//! with real processes changing real files, daemon restarts and a real
+//! kernel queue overflow.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{ebb, Env, Run};
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+fn changes(path: &Path, since: &str) -> Run {
+    ebb([
+        OsStr::new("changes"),
+        OsStr::new("--since"),
+        OsStr::new(since),
+        path.as_os_str(),
+        OsStr::new("--json"),
+    ])
+}
+
+fn token(path: &Path) -> String {
+    let out = ebb([
+        OsStr::new("changes"),
+        OsStr::new("--token"),
+        path.as_os_str(),
+        OsStr::new("--json"),
+    ])
+    .ok();
+    out.json1()["token"].as_str().expect("token").to_string()
+}
+
+/// (path relative to `root`, kind) of each changed path; the token last.
+fn parsed(root: &Path, run: Run) -> (BTreeSet<(String, String)>, Option<String>, String) {
+    let lines = run.ok().json();
+    let (last, rest) = lines.split_last().expect("at least the token");
+    let everything = rest
+        .iter()
+        .find(|v| v["everything"] == true)
+        .map(|v| v["reason"].to_string());
+    let set = rest
+        .iter()
+        .filter(|v| v.get("kind").is_some())
+        .map(|v: &Value| {
+            let p = Path::new(v["path"].as_str().unwrap());
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            (rel, v["kind"].as_str().unwrap().to_string())
+        })
+        .collect();
+    (
+        set,
+        everything,
+        last["token"].as_str().expect("token last").to_string(),
+    )
+}
+
+fn has(set: &BTreeSet<(String, String)>, path: &str, kind: &str) -> bool {
+    set.contains(&(path.to_string(), kind.to_string()))
+}
+
+#[test]
+fn changes_names_every_kind_of_change_once_and_a_token_to_go_on_from() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    std::fs::create_dir_all(env.path("src/sub")).unwrap();
+    std::fs::write(env.path("src/a"), b"a").unwrap();
+    std::fs::write(env.path("src/sub/x"), b"x").unwrap();
+    env.start_daemon();
+    let t0 = token(&env.root);
+    std::fs::write(env.path("src/new"), b"n").unwrap();
+    std::fs::write(env.path("src/a"), b"changed").unwrap();
+    std::fs::rename(env.path("src/sub"), env.path("src/moved")).unwrap();
+    std::fs::remove_file(env.path("src/new")).unwrap();
+    common::sh("chmod 600 \"$1\"", &[env.path("src/a").as_os_str()]).ok();
+    std::fs::write(env.path("outside-src"), b"o").unwrap();
+
+    let (set, everything, t1) = parsed(&env.root, changes(&env.path("src"), &t0));
+    assert_eq!(everything, None);
+    assert!(has(&set, "src/new", "deleted"), "{set:?}");
+    assert!(has(&set, "src/a", "attrib"), "{set:?}");
+    assert!(
+        has(&set, "src/sub", "renamed") && has(&set, "src/moved", "renamed"),
+        "{set:?}"
+    );
+    assert!(
+        !set.iter().any(|(p, _)| p == "outside-src"),
+        "only under the path asked: {set:?}"
+    );
+    let (whole, _, _) = parsed(&env.root, changes(&env.root, &t0));
+    assert!(has(&whole, "outside-src", "created"), "{whole:?}");
+    assert!(
+        !whole.iter().any(|(p, _)| p.starts_with(".ebb")),
+        "ebb's own files: {whole:?}"
+    );
+    // Nothing since the new token.
+    let (none, _, t2) = parsed(&env.root, changes(&env.root, &t1));
+    assert!(none.is_empty(), "{none:?}");
+    assert_eq!(t1, t2);
+}
+
+#[test]
+fn changes_refuses_garbage_and_says_everything_for_tokens_it_cannot_answer() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    changes(&env.root, &token_without_daemon())
+        .fails()
+        .says("no ebb daemon");
+    env.start_daemon();
+    let run = changes(&env.root, "yesterday")
+        .fails()
+        .says("not an ebb token");
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    changes(Path::new("/etc"), &token(&env.root))
+        .fails()
+        .says("not under a managed tree");
+    ebb([OsStr::new("changes"), env.root.as_os_str()])
+        .fails()
+        .says("--since");
+    // Another journal's token: everything, said so.
+    let (_, everything, _) = parsed(&env.root, changes(&env.root, "ebb:0123456789abcdef:5"));
+    assert!(everything.unwrap().contains("another journal"));
+}
+
+fn token_without_daemon() -> String {
+    "ebb:0123456789abcdef:1".into()
+}
+
+/// Requirement 4: changes made while no daemon ran (stopped, or killed)
+/// are in the answer after a restart, found by the crawl.
+#[test]
+fn changes_made_while_no_daemon_ran_are_found_after_a_restart() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    std::fs::create_dir_all(env.path("d")).unwrap();
+    for i in 0..50 {
+        std::fs::write(env.path(&format!("d/f{i}")), b"x").unwrap();
+    }
+    let mut pid = env.start_daemon();
+    let t0 = token(&env.root);
+    for stop in ["TERM", "KILL"] {
+        common::sh(&format!("kill -{stop} {pid}"), &[]).ok();
+        while common::alive(pid) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // After a SIGKILL the keeper still holds the group, so the first
+        // access to a file waits for the next daemon: change in the
+        // background.
+        let root = env.root.clone();
+        let changer = std::thread::spawn(move || {
+            std::fs::write(root.join(format!("down-{stop}")), b"x").unwrap();
+            std::fs::write(root.join("d/f1"), format!("changed {stop}")).unwrap();
+            let _ = std::fs::remove_file(root.join("d/f2"));
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let pid2 = env.start_daemon();
+        changer.join().expect("changer");
+        let (set, everything, _) = parsed(&env.root, changes(&env.root, &t0));
+        assert_eq!(everything, None, "after {stop}");
+        assert!(
+            has(&set, &format!("down-{stop}"), "created"),
+            "{stop}: {set:?}"
+        );
+        assert!(has(&set, "d/f1", "modified"), "{stop}: {set:?}");
+        assert!(has(&set, "d/f2", "deleted"), "{stop}: {set:?}");
+        assert!(
+            !set.iter().any(|(p, _)| p == "d/f3"),
+            "{stop}: unchanged files stay out: {set:?}"
+        );
+        pid = pid2;
+    }
+    // A SIGKILLed daemon leaves its keeper; the Env stops the daemons.
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path(".ebb/config.json")).unwrap())
+            .unwrap();
+    let id = config["id"].as_str().unwrap().to_string();
+    drop(env);
+    if let Ok(Some(k)) =
+        ebb::failover::keeper::KeeperClient::connect(&ebb::failover::keeper::socket_path(&id))
+    {
+        let _ = k.stop();
+    }
+}
+
+/// Requirement 4: a real overflow of the kernel's queue (the recorder held
+/// still while 20 000 files are made) is a gap, repaired by a crawl; the
+/// answer is exact again, with every file in it.
+#[test]
+fn a_queue_overflow_is_repaired_and_nothing_is_lost() {
+    ebb::require_root!();
+    let env = Env::new(400);
+    let stall = env.fs.scratch().join("stall");
+    std::fs::write(&stall, b"").unwrap();
+    env.start_daemon_with(
+        |cmd| {
+            cmd.env("EBB_TEST_JOURNAL_STALL", &stall);
+        },
+        common::COMMAND_TIMEOUT,
+    );
+    std::fs::remove_file(&stall).unwrap();
+    let t0 = token(&env.root);
+    std::fs::write(&stall, b"").unwrap();
+    std::fs::create_dir(env.path("many")).unwrap();
+    for i in 0..20_000 {
+        std::fs::write(env.path(&format!("many/{i}")), b"").unwrap();
+    }
+    std::fs::remove_file(&stall).unwrap();
+    let (set, everything, _) = parsed(&env.root, changes(&env.root, &t0));
+    assert_eq!(everything, None);
+    let made = set.iter().filter(|(p, _)| p.starts_with("many/")).count();
+    assert_eq!(made, 20_000, "every file made during the overflow");
+    assert!(
+        env.log().contains("overflowed"),
+        "it was a real overflow: {}",
+        env.log()
+    );
+}
+
+/// Requirement 7: `git status` with ebb's hook equals `git status` without
+/// any fsmonitor after every step of a long random sequence of edits in a
+/// real repository, across a daemon restart and a queue overflow.
+#[test]
+fn git_status_with_the_hook_always_equals_git_status_without_it() {
+    ebb::require_root!();
+    let env = Env::new(400);
+    let stall = env.fs.scratch().join("stall");
+    let start = |env: &Env| {
+        env.start_daemon_with(
+            |cmd| {
+                cmd.env("EBB_TEST_JOURNAL_STALL", &stall);
+            },
+            common::COMMAND_TIMEOUT,
+        )
+    };
+    let mut pid = start(&env);
+    let repo = env.path("work/repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    // With the hook as a user has it; without: no fsmonitor, and no index
+    // write either (--no-optional-locks), or the comparison would drop the
+    // index's fsmonitor extension and every next status would scan.
+    let git = |args: &[&str], fsmonitor: bool| -> String {
+        let mut cmd = Command::new("git");
+        cmd.current_dir(&repo)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(["-c", "core.fsmonitorHookVersion=2"]);
+        if !fsmonitor {
+            cmd.args(["--no-optional-locks", "-c", "core.fsmonitor="]);
+        }
+        let out = cmd.args(args).output().expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    git(&["init", "-q", "."], false);
+    git(
+        &[
+            "config",
+            "core.fsmonitor",
+            &format!("{} fsmonitor-hook", common::EBB),
+        ],
+        false,
+    );
+    let seed: u64 = std::env::var("EBB_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (EBB_TEST_SEED={seed} to repeat)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut files: Vec<String> = Vec::new();
+    let dirs = ["", "a", "a/b", "c"];
+    for d in dirs {
+        std::fs::create_dir_all(repo.join(d)).unwrap();
+    }
+    for step in 0..160 {
+        let what = match step {
+            60 => "restart".to_string(),
+            110 => "overflow".to_string(),
+            _ => [
+                "create", "create", "modify", "modify", "delete", "rename", "chmod", "add",
+                "commit", "mvdir",
+            ][rng.gen_range(0..10)]
+            .to_string(),
+        };
+        match what.as_str() {
+            "create" => {
+                let p = format!("{}/f{step}", dirs[rng.gen_range(0..dirs.len())])
+                    .trim_start_matches('/')
+                    .to_string();
+                std::fs::write(repo.join(&p), format!("{step}\n")).unwrap();
+                files.push(p);
+            }
+            "modify" if !files.is_empty() => {
+                let p = &files[rng.gen_range(0..files.len())];
+                std::fs::write(repo.join(p), format!("changed at {step}\n")).unwrap();
+            }
+            "delete" if !files.is_empty() => {
+                let p = files.swap_remove(rng.gen_range(0..files.len()));
+                std::fs::remove_file(repo.join(p)).unwrap();
+            }
+            "rename" if !files.is_empty() => {
+                let i = rng.gen_range(0..files.len());
+                let to = format!("{}/r{step}", dirs[rng.gen_range(0..dirs.len())])
+                    .trim_start_matches('/')
+                    .to_string();
+                std::fs::rename(repo.join(&files[i]), repo.join(&to)).unwrap();
+                files[i] = to;
+            }
+            "chmod" if !files.is_empty() => {
+                let p = &files[rng.gen_range(0..files.len())];
+                common::sh("chmod +x \"$1\"", &[repo.join(p).as_os_str()]).ok();
+            }
+            "add" => {
+                git(&["add", "-A"], true);
+            }
+            "commit" => {
+                git(&["add", "-A"], true);
+                git(
+                    &[
+                        "commit",
+                        "-q",
+                        "--allow-empty",
+                        "-m",
+                        &format!("step {step}"),
+                    ],
+                    true,
+                );
+            }
+            "mvdir" => {
+                // Move a whole directory away and back under another name.
+                let from = repo.join("c");
+                let to = repo.join(format!("c{step}"));
+                std::fs::rename(&from, &to).unwrap();
+                std::fs::rename(&to, &from).unwrap();
+                std::fs::rename(repo.join("a/b"), repo.join("a/b2")).unwrap();
+                std::fs::rename(repo.join("a/b2"), repo.join("a/b")).unwrap();
+            }
+            "restart" => {
+                common::sh(&format!("kill -KILL {pid}"), &[]).ok();
+                while common::alive(pid) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                // The keeper holds the group: this write waits for the
+                // next daemon, so it is made in the background.
+                let path = repo.join("while-down");
+                let writer = std::thread::spawn(move || std::fs::write(path, b"x"));
+                std::thread::sleep(Duration::from_millis(100));
+                files.push("while-down".into());
+                pid = start(&env);
+                writer.join().expect("writer").expect("write");
+            }
+            "overflow" => {
+                std::fs::write(&stall, b"").unwrap();
+                std::fs::create_dir_all(repo.join("flood")).unwrap();
+                for i in 0..20_000 {
+                    std::fs::write(repo.join(format!("flood/{i}")), b"").unwrap();
+                }
+                std::fs::write(repo.join("a/after-flood"), b"x").unwrap();
+                files.push("a/after-flood".into());
+                std::fs::remove_file(&stall).unwrap();
+            }
+            _ => {}
+        }
+        let with = git(&["status", "--porcelain", "--untracked-files=all"], true);
+        let without = git(&["status", "--porcelain", "--untracked-files=all"], false);
+        assert_eq!(
+            with, without,
+            "step {step} ({what}), seed {seed}: git status differs with the hook"
+        );
+    }
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path(".ebb/config.json")).unwrap())
+            .unwrap();
+    let id = config["id"].as_str().unwrap().to_string();
+    drop(env);
+    if let Ok(Some(k)) =
+        ebb::failover::keeper::KeeperClient::connect(&ebb::failover::keeper::socket_path(&id))
+    {
+        let _ = k.stop();
+    }
+}
