@@ -47,9 +47,10 @@ fn parsed(root: &Path, run: Run) -> (BTreeSet<(String, String)>, Option<String>,
         .iter()
         .filter(|v| v.get("kind").is_some())
         .map(|v: &Value| {
-            let p = Path::new(v["path"].as_str().unwrap());
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            (rel, v["kind"].as_str().unwrap().to_string())
+            let p = Path::new(v["path"].as_str().expect("a path"));
+            let rel = p.strip_prefix(root).expect("under the tree");
+            let kind = v["kind"].as_str().expect("a kind");
+            (rel.to_string_lossy().into_owned(), kind.to_string())
         })
         .collect();
     (
