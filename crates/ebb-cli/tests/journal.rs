@@ -386,3 +386,76 @@ fn git_status_with_the_hook_always_equals_git_status_without_it() {
         let _ = k.stop();
     }
 }
+
+/// Requirement 5: the journal keeps a bounded number of events; a token
+/// from before what it keeps gets "everything", said so.
+#[test]
+fn a_token_older_than_the_journal_keeps_gets_everything() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    env.start_daemon_with(
+        |cmd| {
+            cmd.env("EBB_JOURNAL_MAX_EVENTS", "100");
+        },
+        common::COMMAND_TIMEOUT,
+    );
+    let old = token(&env.root);
+    std::fs::create_dir(env.path("d")).expect("mkdir");
+    for i in 0..12_000 {
+        std::fs::write(env.path(&format!("d/{i}")), b"").expect("write");
+    }
+    let recent = token(&env.root);
+    std::fs::write(env.path("last"), b"").expect("write");
+    let (_, everything, _) = parsed(&env.root, changes(&env.root, &old));
+    assert!(
+        everything
+            .expect("everything")
+            .contains("older than the journal keeps"),
+        "pruned"
+    );
+    let (set, everything, _) = parsed(&env.root, changes(&env.root, &recent));
+    assert_eq!(everything, None);
+    assert!(has(&set, "last", "created"), "{set:?}");
+}
+
+/// Requirement 8: the hook never fails git: outside a managed tree, or
+/// with no daemon, it answers "/" and says why on stderr.
+#[test]
+fn the_hook_answers_scan_everything_when_it_cannot_know() {
+    ebb::require_root!();
+    let outside = tempfile::tempdir().expect("tempdir");
+    let hook = |dir: &Path, token: &str| {
+        Command::new(common::EBB)
+            .current_dir(dir)
+            .args(["fsmonitor-hook", "2", token])
+            .output()
+            .expect("hook")
+    };
+    let out = hook(outside.path(), "ebb:ab:1");
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"ebb:ab:1\0/\0".to_vec());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not under a managed tree"));
+
+    let env = Env::new(300);
+    let out = hook(&env.root, "garbage");
+    assert!(out.status.success());
+    assert!(out.stdout.ends_with(b"\0/\0"), "{:?}", out.stdout);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no ebb daemon"));
+    env.start_daemon();
+    let first = hook(&env.root, "");
+    assert!(first.stdout.starts_with(b"ebb:") && first.stdout.ends_with(b"\0/\0"));
+    let tok = String::from_utf8_lossy(&first.stdout[..first.stdout.len() - 3]).into_owned();
+    std::fs::write(env.path("x"), b"").expect("write");
+    let next = hook(&env.root, &tok);
+    assert!(
+        next.stdout.windows(3).any(|w| w == b"\0x\0"),
+        "{:?}",
+        String::from_utf8_lossy(&next.stdout)
+    );
+    let wrong_version = Command::new(common::EBB)
+        .current_dir(&env.root)
+        .args(["fsmonitor-hook", "1", "0"])
+        .output()
+        .expect("hook");
+    assert!(!wrong_version.status.success());
+}
