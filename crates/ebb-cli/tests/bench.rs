@@ -142,3 +142,46 @@ fn bench_snapshot_runs_small_and_reports_every_figure() {
         );
     }
 }
+
+/// The journal benchmark (issue 6, requirement 9) at a small size: every
+/// figure is there and no path was lost (the bench exits 1 otherwise).
+#[test]
+fn bench_journal_runs_small_and_loses_nothing() {
+    ebb::require_root!();
+    let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args([
+            "bench",
+            "journal",
+            "--files",
+            "2000",
+            "--repo-files",
+            "2000",
+            "--json",
+        ])
+        .output()
+        .expect("run ebb bench journal");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    println!("{report:#}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["events"], 2 * 2000 * 3);
+    for field in [
+        "bare_events_per_sec",
+        "journal_events_per_sec",
+        "journal_vs_bare",
+        "status_warm_plain_ms",
+        "status_warm_trivial_ms",
+        "status_warm_ebb_ms",
+        "status_cold_plain_ms",
+        "status_cold_trivial_ms",
+        "status_cold_ebb_ms",
+        "restart_repair_secs",
+        "full_hash_crawl_secs",
+    ] {
+        let v = report[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field} missing: {report}"));
+        assert!(v.is_finite() && v > 0.0, "{field} = {v}");
+    }
+}

@@ -2,6 +2,7 @@
 //! on a loop-mounted XFS made for the purpose (`ebb bench …`).
 
 pub mod failover;
+pub mod journal;
 pub mod populate;
 pub mod snapshot;
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
-use crate::bench::{self, failover, populate, snapshot};
+use crate::bench::{self, failover, journal, populate, snapshot};
 use crate::testing::FsKind;
 
 #[derive(Subcommand, Debug)]
@@ -82,6 +82,25 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// The change journal: ingest, git status with the hook, restart.
+    ///
+    /// Makes a loop-mounted XFS under /var/tmp (needs root, git and 2 GiB
+    /// of free space). Ingest: two producers create, write and rename
+    /// FILES files each; a bare fanotify reader counting the events against
+    /// the daemon's journal, complete (every path in `ebb changes`). Then
+    /// `git status` in a repository of REPO_FILES files (a few changed),
+    /// warm (best of 5) and cold (median of 3, caches dropped): no
+    /// fsmonitor, a trivial hook that answers "nothing changed", ebb's
+    /// hook. Then the time to an exact answer after a restart (the crawl)
+    /// against reading and hashing every file.
+    Journal {
+        #[arg(long, default_value_t = 100_000)]
+        files: usize,
+        #[arg(long, default_value_t = 100_000)]
+        repo_files: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Internal: random 4 KiB I/O on a file for `bench snapshot`.
     #[command(hide = true)]
     Probe {
@@ -140,6 +159,27 @@ pub fn run(which: Bench) -> Result<ExitCode> {
                 print_snapshot(&r);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Bench::Journal {
+            files,
+            repo_files,
+            json,
+        } => {
+            let r = journal::run(&journal::Options {
+                files,
+                repo_files,
+                exe,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print_journal(&r);
+            }
+            Ok(if r.lost == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Bench::Probe { path, write } => {
             snapshot::probe(&path, write)?;
@@ -270,5 +310,29 @@ fn print_snapshot(r: &snapshot::Report) {
         r.changed_ranges_bytes >> 10,
         r.read_and_compare_secs,
         r.changed_ranges_vs_compare
+    );
+}
+
+fn print_journal(r: &journal::Report) {
+    println!("journal: {} events from two producers", r.events);
+    println!(
+        "  ingest: bare reader {:.0} events/s, journal complete {:.0} events/s: {:.2}x (goal >= 0.9x), {} lost",
+        r.bare_events_per_sec, r.journal_events_per_sec, r.journal_vs_bare, r.lost
+    );
+    println!(
+        "  git status, {} files, warm: plain {:.1} ms, trivial hook {:.1} ms, ebb hook {:.1} ms: {:.2}x (goal <= 1.3x)",
+        r.repo_files,
+        r.status_warm_plain_ms,
+        r.status_warm_trivial_ms,
+        r.status_warm_ebb_ms,
+        r.status_warm_ebb_vs_trivial
+    );
+    println!(
+        "  git status, cold: plain {:.1} ms, trivial hook {:.1} ms, ebb hook {:.1} ms: {:.2}x (goal <= 1.3x)",
+        r.status_cold_plain_ms, r.status_cold_trivial_ms, r.status_cold_ebb_ms, r.status_cold_ebb_vs_trivial
+    );
+    println!(
+        "  restart: exact answer after {:.3} s (crawl) vs reading and hashing every file {:.3} s",
+        r.restart_repair_secs, r.full_hash_crawl_secs
     );
 }

@@ -1,0 +1,305 @@
+//! `ebb bench journal`: what the change journal costs, against baselines
+//! taken in the same run on a fresh loop-mounted XFS.
+//!
+//! - ingest: two producer threads create, write and rename FILES files as
+//!   fast as they can; a bare fanotify reader (same flags, same mark) that
+//!   only counts the events, against the daemon's journal, complete (every
+//!   path present in `ebb changes`, which waits for its cookie);
+//! - `git status` in a repository of REPO_FILES files with a few changed,
+//!   warm and with caches dropped: no fsmonitor, a trivial hook that
+//!   answers "nothing changed" at once (git's own floor), and ebb's hook;
+//! - restart: the time from `ebb daemon` to an exact answer after downtime
+//!   (the crawl), against reading and hashing every file.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::{drop_caches, start_daemon, stop_daemon, Pid};
+use crate::sys::fanotify::{Class, EventBuffer, Group, InitOptions};
+use crate::testing::LoopFs;
+use crate::tree::Tree;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Files each of the two producers makes.
+    pub files: usize,
+    /// Files in the generated git repository.
+    pub repo_files: usize,
+    pub exe: PathBuf,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    pub events: u64,
+    pub bare_events_per_sec: f64,
+    pub journal_events_per_sec: f64,
+    /// Journal rate over the bare reader's (goal ≥ 0.9).
+    pub journal_vs_bare: f64,
+    /// Paths missing from the journal's answer (goal 0).
+    pub lost: u64,
+    pub repo_files: usize,
+    pub status_warm_plain_ms: f64,
+    pub status_warm_trivial_ms: f64,
+    pub status_warm_ebb_ms: f64,
+    /// ebb's hook over the trivial one, warm (goal ≤ 1.3).
+    pub status_warm_ebb_vs_trivial: f64,
+    pub status_cold_plain_ms: f64,
+    pub status_cold_trivial_ms: f64,
+    pub status_cold_ebb_ms: f64,
+    pub status_cold_ebb_vs_trivial: f64,
+    pub restart_repair_secs: f64,
+    pub full_hash_crawl_secs: f64,
+}
+
+struct Daemon(Pid);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        stop_daemon(self.0);
+    }
+}
+
+const MASK: u64 = libc::FAN_CREATE
+    | libc::FAN_DELETE
+    | libc::FAN_RENAME
+    | libc::FAN_MODIFY
+    | libc::FAN_ATTRIB
+    | libc::FAN_ONDIR;
+
+pub fn run(opts: &Options) -> Result<Report> {
+    let fs = LoopFs::xfs(2048)?;
+    let root = fs.path().join("tree");
+    std::fs::create_dir(&root)?;
+    Tree::init(&root, Some(&fs.scratch().join("store")))?;
+
+    // Ingest, bare: a reader that only counts.
+    let expected = (opts.files * 2 * 3) as u64;
+    let bare = {
+        let group = Group::new(InitOptions {
+            class: Class::Notif,
+            nonblock: true,
+            unlimited_queue: false,
+            event_open_flags: libc::O_RDONLY,
+            report: libc::FAN_REPORT_DFID_NAME_TARGET,
+        })?;
+        group.mark_filesystem(&root, MASK)?;
+        let dir = root.join("bare");
+        std::fs::create_dir(&dir)?;
+        let started = Instant::now();
+        let producers = produce(&dir, opts.files);
+        let mut buf = EventBuffer::new(256 * 1024);
+        let (mut seen, mut last) = (0u64, started.elapsed());
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while seen < expected && Instant::now() < deadline {
+            let n = group.read_events(&mut buf)?.len() as u64;
+            if n == 0 {
+                if producers.iter().all(|p| p.is_finished())
+                    && started.elapsed() > last + Duration::from_secs(2)
+                {
+                    break; // overflowed or merged: what came is what counts
+                }
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+            seen += n;
+            last = started.elapsed();
+        }
+        for p in producers {
+            p.join()
+                .map_err(|_| anyhow::anyhow!("a producer panicked"))??;
+        }
+        seen as f64 / last.as_secs_f64()
+    };
+
+    // Ingest through the daemon's journal, complete.
+    let daemon = Daemon(start_daemon(&opts.exe, &root, None)?);
+    let token = changes(&opts.exe, &root, None)?;
+    let dir = root.join("journaled");
+    std::fs::create_dir(&dir)?;
+    let started = Instant::now();
+    for p in produce(&dir, opts.files) {
+        p.join()
+            .map_err(|_| anyhow::anyhow!("a producer panicked"))??;
+    }
+    let answer = changes(&opts.exe, &dir, Some(&token))?;
+    let took = started.elapsed();
+    let shown = dir.display().to_string();
+    let lost = (0..2)
+        .flat_map(|t| (0..opts.files).map(move |i| (t, i)))
+        .filter(|(t, i)| !answer.contains(&format!("\"{shown}/p{t}-{i}.r\"")))
+        .count() as u64;
+
+    // git status on a generated repository.
+    let repo = root.join("repo");
+    make_repo(&repo, opts.repo_files)?;
+    let trivial = fs.scratch().join("trivial-hook");
+    std::fs::write(&trivial, "#!/bin/sh\nprintf 'trivial\\000'\n")?;
+    std::fs::set_permissions(
+        &trivial,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let hooks = [
+        String::new(),
+        trivial.display().to_string(),
+        format!("{} fsmonitor-hook", opts.exe.display()),
+    ];
+    let mut warm = [0.0; 3];
+    let mut cold = [0.0; 3];
+    for (i, hook) in hooks.iter().enumerate() {
+        git_status(&repo, hook)?; // establishes the token and the index extension
+        warm[i] = (0..5)
+            .map(|_| git_status(&repo, hook))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .fold(f64::MAX, f64::min);
+        let mut colds = Vec::new();
+        for _ in 0..3 {
+            drop_caches()?;
+            colds.push(git_status(&repo, hook)?);
+        }
+        colds.sort_by(f64::total_cmp);
+        cold[i] = colds[1];
+    }
+
+    // Restart after downtime: repair by crawl vs hashing everything.
+    drop(daemon);
+    let token = changes(&opts.exe, &root, None).ok();
+    std::fs::write(repo.join("changed-while-down"), b"x")?;
+    drop_caches()?;
+    let started = Instant::now();
+    let daemon = Daemon(start_daemon(&opts.exe, &root, None)?);
+    if let Some(token) = token {
+        changes(&opts.exe, &root, Some(&token))?;
+    }
+    let restart_repair_secs = started.elapsed().as_secs_f64();
+    drop(daemon);
+    drop_caches()?;
+    let started = Instant::now();
+    hash_all(&root)?;
+    let full_hash_crawl_secs = started.elapsed().as_secs_f64();
+
+    let journal_rate = expected as f64 / took.as_secs_f64();
+    Ok(Report {
+        events: expected,
+        bare_events_per_sec: bare,
+        journal_events_per_sec: journal_rate,
+        journal_vs_bare: journal_rate / bare,
+        lost,
+        repo_files: opts.repo_files,
+        status_warm_plain_ms: warm[0],
+        status_warm_trivial_ms: warm[1],
+        status_warm_ebb_ms: warm[2],
+        status_warm_ebb_vs_trivial: warm[2] / warm[1],
+        status_cold_plain_ms: cold[0],
+        status_cold_trivial_ms: cold[1],
+        status_cold_ebb_ms: cold[2],
+        status_cold_ebb_vs_trivial: cold[2] / cold[1],
+        restart_repair_secs,
+        full_hash_crawl_secs,
+    })
+}
+
+/// Two threads, each making `files` files in `dir`: create, write a byte,
+/// rename (three events each).
+fn produce(dir: &Path, files: usize) -> Vec<std::thread::JoinHandle<Result<()>>> {
+    (0..2)
+        .map(|t| {
+            let dir = dir.to_path_buf();
+            std::thread::spawn(move || -> Result<()> {
+                for i in 0..files {
+                    let p = dir.join(format!("p{t}-{i}"));
+                    std::fs::write(&p, b"x")?;
+                    std::fs::rename(&p, dir.join(format!("p{t}-{i}.r")))?;
+                }
+                Ok(())
+            })
+        })
+        .collect()
+}
+
+/// `ebb changes` (JSON lines); with no token, the current token.
+fn changes(exe: &Path, path: &Path, since: Option<&str>) -> Result<String> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("changes").arg(path).arg("--json");
+    match since {
+        Some(t) => cmd.args(["--since", t]),
+        None => cmd.arg("--token"),
+    };
+    let out = cmd.output().context("running ebb changes")?;
+    if !out.status.success() {
+        bail!(
+            "ebb changes: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8(out.stdout)?;
+    if since.is_none() {
+        let v: serde_json::Value = serde_json::from_str(text.trim())?;
+        return Ok(v["token"].as_str().context("no token")?.to_string());
+    }
+    Ok(text)
+}
+
+fn make_repo(repo: &Path, files: usize) -> Result<()> {
+    for i in 0..files {
+        let dir = repo.join(format!("d{}", i / 1000));
+        if i % 1000 == 0 {
+            std::fs::create_dir_all(&dir)?;
+        }
+        std::fs::write(dir.join(format!("f{i}")), format!("{i}\n"))?;
+    }
+    let git = |args: &[&str]| -> Result<()> {
+        let ok = Command::new("git")
+            .current_dir(repo)
+            .args(["-c", "user.name=b", "-c", "user.email=b@b"])
+            .args(args)
+            .output()?
+            .status
+            .success();
+        anyhow::ensure!(ok, "git {args:?} failed");
+        Ok(())
+    };
+    git(&["init", "-q", "."])?;
+    git(&["add", "-A"])?;
+    git(&["commit", "-q", "-m", "files"])?;
+    for i in [3, files / 2, files.saturating_sub(1)] {
+        std::fs::write(repo.join(format!("d{}/f{i}", i / 1000)), b"changed\n")?;
+    }
+    Ok(())
+}
+
+/// One `git status --porcelain` with `hook` as core.fsmonitor ("" for
+/// none), in milliseconds.
+fn git_status(repo: &Path, hook: &str) -> Result<f64> {
+    let started = Instant::now();
+    let out = Command::new("git")
+        .current_dir(repo)
+        .args(["-c", &format!("core.fsmonitor={hook}")])
+        .args(["-c", "core.fsmonitorHookVersion=2"])
+        .args(["status", "--porcelain"])
+        .output()?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(out.status.success(), "git status failed");
+    Ok(ms)
+}
+
+/// Read and hash every file under `root` (what a journal-less tool does to
+/// know what changed).
+fn hash_all(root: &Path) -> Result<()> {
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let t = e.file_type()?;
+            if t.is_dir() {
+                dirs.push(e.path());
+            } else if t.is_file() {
+                let f = std::fs::File::open(e.path())?;
+                blake3::Hasher::new().update_reader(&f)?;
+            }
+        }
+    }
+    Ok(())
+}
