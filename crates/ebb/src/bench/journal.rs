@@ -126,10 +126,14 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     let answer = changes(&opts.exe, &dir, Some(&token))?;
     let took = started.elapsed();
+    let present: std::collections::HashSet<&str> = answer
+        .lines()
+        .filter_map(|l| l.split("\"path\":\"").nth(1)?.split('"').next())
+        .collect();
     let shown = dir.display().to_string();
     let lost = (0..2)
         .flat_map(|t| (0..opts.files).map(move |i| (t, i)))
-        .filter(|(t, i)| !answer.contains(&format!("\"{shown}/p{t}-{i}.r\"")))
+        .filter(|(t, i)| !present.contains(format!("{shown}/p{t}-{i}.r").as_str()))
         .count() as u64;
 
     // git status on a generated repository.
