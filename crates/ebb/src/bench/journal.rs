@@ -70,7 +70,9 @@ const MASK: u64 = libc::FAN_CREATE
     | libc::FAN_ONDIR;
 
 pub fn run(opts: &Options) -> Result<Report> {
-    let fs = LoopFs::xfs(2048)?;
+    // Room for every file (a block each) and the repository's objects.
+    let blocks = (opts.files * 4 + opts.repo_files * 3) as u64;
+    let fs = LoopFs::xfs(((blocks * 4096 * 2) >> 20) + 1024)?;
     let root = fs.path().join("tree");
     std::fs::create_dir(&root)?;
     Tree::init(&root, Some(&fs.scratch().join("store")))?;
@@ -150,6 +152,12 @@ pub fn run(opts: &Options) -> Result<Report> {
         trivial.display().to_string(),
         format!("{} fsmonitor-hook", opts.exe.display()),
     ];
+    // Making the repository raised a few hundred thousand events: let the
+    // journal catch up first, or the hook's cookie waits for that backlog.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while changes(&opts.exe, &repo, None).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the journal never caught up");
+    }
     let mut warm = [0.0; 3];
     let mut cold = [0.0; 3];
     for (i, hook) in hooks.iter().enumerate() {
@@ -169,16 +177,18 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
 
     // Restart after downtime: repair by crawl vs hashing everything.
+    let token = changes(&opts.exe, &root, None)?;
     drop(daemon);
-    let token = changes(&opts.exe, &root, None).ok();
     std::fs::write(repo.join("changed-while-down"), b"x")?;
     drop_caches()?;
     let started = Instant::now();
     let daemon = Daemon(start_daemon(&opts.exe, &root, None)?);
-    if let Some(token) = token {
-        changes(&opts.exe, &root, Some(&token))?;
-    }
+    let answer = changes(&opts.exe, &root, Some(&token))?;
     let restart_repair_secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        answer.contains("changed-while-down"),
+        "the change made while the daemon was down is missing"
+    );
     drop(daemon);
     drop_caches()?;
     let started = Instant::now();

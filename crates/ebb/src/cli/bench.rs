@@ -84,8 +84,8 @@ pub enum Bench {
     },
     /// The change journal: ingest, git status with the hook, restart.
     ///
-    /// Makes a loop-mounted XFS under /var/tmp (needs root, git and 2 GiB
-    /// of free space). Ingest: two producers create, write and rename
+    /// Makes a loop-mounted XFS under /var/tmp (needs root, git, and about
+    /// 8 KiB of free space per file). Ingest: two producers create, write and rename
     /// FILES files each; a bare fanotify reader counting the events against
     /// the daemon's journal, complete (every path in `ebb changes`). Then
     /// `git status` in a repository of REPO_FILES files (a few changed),

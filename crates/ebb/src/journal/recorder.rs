@@ -47,6 +47,8 @@ struct Cookies {
 pub struct Recorder {
     root: PathBuf,
     db: PathBuf,
+    /// A connection for queries, opened on the first one.
+    reader: Mutex<Option<Journal>>,
     cookies: Arc<Cookies>,
     next_cookie: AtomicU64,
     stop: Arc<AtomicBool>,
@@ -112,6 +114,7 @@ impl Recorder {
         Ok(Recorder {
             root,
             db,
+            reader: Mutex::new(None),
             cookies,
             next_cookie: AtomicU64::new(0),
             stop,
@@ -124,7 +127,11 @@ impl Recorder {
     pub fn answer(&self, since: Option<&Token>, path: &Path) -> Result<Answer> {
         let rel = relative(&self.root, path)?;
         self.sync()?;
-        let (journal, _) = Journal::open(&self.db)?;
+        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        if reader.is_none() {
+            *reader = Some(Journal::open(&self.db)?.0);
+        }
+        let journal = reader.as_ref().context("the query connection")?;
         let token = |seq| Token {
             journal: journal.id().to_string(),
             seq,
