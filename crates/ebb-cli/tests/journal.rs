@@ -174,17 +174,6 @@ fn changes_made_while_no_daemon_ran_are_found_after_a_restart() {
         );
         pid = pid2;
     }
-    // A SIGKILLed daemon leaves its keeper; the Env stops the daemons.
-    let config: Value =
-        serde_json::from_str(&std::fs::read_to_string(env.path(".ebb/config.json")).unwrap())
-            .unwrap();
-    let id = config["id"].as_str().unwrap().to_string();
-    drop(env);
-    if let Ok(Some(k)) =
-        ebb::failover::keeper::KeeperClient::connect(&ebb::failover::keeper::socket_path(&id))
-    {
-        let _ = k.stop();
-    }
 }
 
 /// Requirement 4: a real overflow of the kernel's queue (the recorder held
@@ -374,16 +363,6 @@ fn git_status_with_the_hook_always_equals_git_status_without_it() {
             with, without,
             "step {step} ({what}), seed {seed}: git status differs with the hook"
         );
-    }
-    let config: Value =
-        serde_json::from_str(&std::fs::read_to_string(env.path(".ebb/config.json")).unwrap())
-            .unwrap();
-    let id = config["id"].as_str().unwrap().to_string();
-    drop(env);
-    if let Ok(Some(k)) =
-        ebb::failover::keeper::KeeperClient::connect(&ebb::failover::keeper::socket_path(&id))
-    {
-        let _ = k.stop();
     }
 }
 

@@ -11,7 +11,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{ebb, Env, Run};
-use ebb::failover::keeper::{socket_path, KeeperClient};
 use ebb::testing::{write_fragmented, FsKind, LoopFs};
 
 fn changed_ranges(base: &std::path::Path, file: &std::path::Path) -> std::process::Output {
@@ -111,31 +110,6 @@ fn snapshot(src: &Path, dst: &Path, more: &[&str]) -> Run {
     ebb(args)
 }
 
-/// Stops the tree's keeper when a test ends (after the Env's daemons): a
-/// SIGKILLed daemon leaves it running.
-struct KeeperGuard(String);
-
-impl KeeperGuard {
-    fn of(env: &Env) -> KeeperGuard {
-        let config = std::fs::read_to_string(env.root.join(".ebb/config.json")).expect("config");
-        let config: serde_json::Value = serde_json::from_str(&config).expect("json");
-        KeeperGuard(config["id"].as_str().expect("id").to_string())
-    }
-
-    fn pid(&self) -> Option<i32> {
-        let client = KeeperClient::connect(&socket_path(&self.0)).ok()??;
-        client.pid().ok().map(|p| p as i32)
-    }
-}
-
-impl Drop for KeeperGuard {
-    fn drop(&mut self) {
-        if let Ok(Some(keeper)) = KeeperClient::connect(&socket_path(&self.0)) {
-            let _ = keeper.stop();
-        }
-    }
-}
-
 fn kill9(pid: i32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -168,7 +142,6 @@ fn a_snapshot_equals_its_source_shares_its_blocks_and_is_never_left_partial() {
     ebb::require_root!();
     for kind in [FsKind::Xfs, FsKind::Btrfs] {
         let env = Env::on(kind, 400);
-        let _keeper = KeeperGuard::of(&env);
         env.start_daemon();
         let src = env.path("vm.img");
         // 24 MiB + a ragged tail: 3072 extents, ~48 units, an unaligned end.
@@ -241,7 +214,6 @@ fn a_snapshot_is_the_file_at_its_instant_while_a_writer_keeps_writing() {
     ebb::require_root!();
     const BLOCKS: u64 = 16384; // 64 MiB, 8192 extents, 128 units
     let env = Env::new(400);
-    let _keeper = KeeperGuard::of(&env);
     env.start_daemon_with(
         |cmd| {
             cmd.env("EBB_TEST_SNAPSHOT_THROTTLE_MS", "4");
@@ -330,7 +302,6 @@ fn a_snapshot_is_the_file_at_its_instant_while_a_writer_keeps_writing() {
 fn a_snapshot_cut_by_a_daemon_crash_is_finished_by_the_next_daemon_or_removed() {
     ebb::require_root!();
     let env = Env::new(400);
-    let keeper = KeeperGuard::of(&env);
     let src = env.path("vm.img");
     let size: u64 = 32 << 20;
     write_fragmented(&src, size, pattern).expect("write");
@@ -354,7 +325,7 @@ fn a_snapshot_cut_by_a_daemon_crash_is_finished_by_the_next_daemon_or_removed() 
         wait_for(|| partial(&dst).exists(), "the snapshot to start");
         std::thread::sleep(Duration::from_millis(300));
         if keeper_dies {
-            let pid = keeper.pid().expect("a keeper");
+            let pid = env.keeper().and_then(|k| k.pid().ok()).expect("a keeper") as i32;
             kill9(slow);
             kill9(pid);
         } else {
@@ -411,7 +382,6 @@ fn a_snapshot_cut_by_a_daemon_crash_is_finished_by_the_next_daemon_or_removed() 
 fn a_source_cut_short_or_replaced_during_the_snapshot_is_snapshotted_whole() {
     ebb::require_root!();
     let env = Env::new(400);
-    let _keeper = KeeperGuard::of(&env);
     env.start_daemon_with(
         |cmd| {
             cmd.env("EBB_TEST_SNAPSHOT_THROTTLE_MS", "5");
@@ -461,7 +431,6 @@ fn snapshots_are_refused_clearly_where_they_cannot_be_taken() {
     ebb::require_root!();
     // No reflink on ext4: the filesystem is named.
     let ext4 = Env::on(FsKind::Ext4, 200);
-    let _k1 = KeeperGuard::of(&ext4);
     ext4.start_daemon();
     let f = ext4.path("f");
     std::fs::write(&f, vec![1u8; 1 << 20]).unwrap();
@@ -471,7 +440,6 @@ fn snapshots_are_refused_clearly_where_they_cannot_be_taken() {
     assert!(!partial(&ext4.path("f@1")).exists());
 
     let env = Env::new(300);
-    let _k2 = KeeperGuard::of(&env);
     let src = env.path("vm.img");
     write_fragmented(&src, 4 << 20, pattern).expect("write");
     // No daemon.
@@ -522,7 +490,6 @@ fn snapshots_are_refused_clearly_where_they_cannot_be_taken() {
 fn a_snapshot_that_runs_out_of_space_is_removed_with_a_clear_error() {
     ebb::require_root!();
     let env = Env::new(300);
-    let _keeper = KeeperGuard::of(&env);
     env.start_daemon();
     let src = env.path("vm.img");
     write_fragmented(&src, 64 << 20, pattern).expect("write");

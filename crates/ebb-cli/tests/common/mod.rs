@@ -559,9 +559,24 @@ impl Env {
     }
 }
 
+impl Env {
+    /// The tree's keeper client, if a keeper runs.
+    #[allow(dead_code)] // not every test binary needs it
+    pub fn keeper(&self) -> Option<ebb::failover::keeper::KeeperClient> {
+        let config = std::fs::read_to_string(self.root.join(".ebb/config.json")).ok()?;
+        let config: Value = serde_json::from_str(&config).ok()?;
+        let socket = ebb::failover::keeper::socket_path(config["id"].as_str()?);
+        ebb::failover::keeper::KeeperClient::connect(&socket).ok()?
+    }
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
-        // Before the fields go: a daemon keeps the filesystem busy.
+        // Before the fields go: a daemon keeps the filesystem busy. A
+        // SIGKILLed daemon leaves its keeper, which holds the group.
         self.stop_daemons();
+        if let Some(keeper) = self.keeper() {
+            let _ = keeper.stop();
+        }
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::{drop_caches, start_daemon, stop_daemon, Pid};
-use crate::sys::fanotify::{Class, EventBuffer, Group, InitOptions};
+use crate::sys::fanotify::{EventBuffer, Group, InitOptions};
 use crate::testing::LoopFs;
 use crate::tree::Tree;
 
@@ -62,13 +62,6 @@ impl Drop for Daemon {
     }
 }
 
-const MASK: u64 = libc::FAN_CREATE
-    | libc::FAN_DELETE
-    | libc::FAN_RENAME
-    | libc::FAN_MODIFY
-    | libc::FAN_ATTRIB
-    | libc::FAN_ONDIR;
-
 pub fn run(opts: &Options) -> Result<Report> {
     // Room for every file (a block each) and the repository's objects.
     let blocks = (opts.files * 4 + opts.repo_files * 3) as u64;
@@ -80,14 +73,8 @@ pub fn run(opts: &Options) -> Result<Report> {
     // Ingest, bare: a reader that only counts.
     let expected = (opts.files * 2 * 3) as u64;
     let bare = {
-        let group = Group::new(InitOptions {
-            class: Class::Notif,
-            nonblock: true,
-            unlimited_queue: false,
-            event_open_flags: libc::O_RDONLY,
-            report: libc::FAN_REPORT_DFID_NAME_TARGET,
-        })?;
-        group.mark_filesystem(&root, MASK)?;
+        let group = Group::new(InitOptions::names())?;
+        group.mark_filesystem(&root, crate::journal::recorder::MASK)?;
         let dir = root.join("bare");
         std::fs::create_dir(&dir)?;
         let started = Instant::now();

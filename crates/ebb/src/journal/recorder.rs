@@ -14,14 +14,14 @@ use anyhow::{Context, Result};
 use super::db::{Journal, Since};
 use super::{crawl, summarize, Answer, Change, Entry, Kind, Token};
 use crate::sys::fanotify::{
-    Class, Event, EventBuffer, Group, InitOptions, INFO_DFID_NAME, INFO_FID, INFO_NEW_DFID_NAME,
+    Event, EventBuffer, Group, InitOptions, INFO_DFID_NAME, INFO_FID, INFO_NEW_DFID_NAME,
     INFO_OLD_DFID_NAME,
 };
 use crate::sys::handle::{handle_of, open_by_handle, FileHandle};
 use crate::tree::Tree;
 
 /// What the journal's group watches.
-const MASK: u64 = libc::FAN_CREATE
+pub const MASK: u64 = libc::FAN_CREATE
     | libc::FAN_DELETE
     | libc::FAN_RENAME
     | libc::FAN_MODIFY
@@ -63,14 +63,8 @@ impl Recorder {
         let root = tree.root().to_path_buf();
         let db = tree.state_dir().join("journal.db");
         std::fs::create_dir_all(tree.state_dir().join(COOKIES))?;
-        let group = Group::new(InitOptions {
-            class: Class::Notif,
-            nonblock: true,
-            unlimited_queue: false,
-            event_open_flags: libc::O_RDONLY,
-            report: libc::FAN_REPORT_DFID_NAME_TARGET,
-        })
-        .context("creating the journal's fanotify group")?;
+        let group =
+            Group::new(InitOptions::names()).context("creating the journal's fanotify group")?;
         group
             .mark_filesystem(&root, MASK)
             .with_context(|| format!("marking {} for the journal", root.display()))?;

@@ -68,6 +68,18 @@ impl InitOptions {
             report: 0,
         }
     }
+
+    /// A notification group whose events name the directory and the entry
+    /// (`FAN_REPORT_DFID_NAME_TARGET`; no fds): the change journal's.
+    pub fn names() -> Self {
+        InitOptions {
+            class: Class::Notif,
+            nonblock: true,
+            unlimited_queue: false,
+            event_open_flags: libc::O_RDONLY,
+            report: libc::FAN_REPORT_DFID_NAME_TARGET,
+        }
+    }
 }
 
 /// The answer to a permission event.

@@ -226,14 +226,7 @@ fn dfid_name_events_name_the_directory_and_the_entry() {
     std::fs::create_dir(&dir).expect("mkdir");
     let (dir_handle, _) =
         handle_of(std::fs::File::open(&dir).expect("open dir").as_fd()).expect("handle");
-    let group = Group::new(InitOptions {
-        class: Class::Notif,
-        nonblock: true,
-        unlimited_queue: false,
-        event_open_flags: libc::O_RDONLY,
-        report: libc::FAN_REPORT_DFID_NAME_TARGET,
-    })
-    .expect("fid group");
+    let group = Group::new(InitOptions::names()).expect("fid group");
     group
         .mark_filesystem(
             fs.path(),
