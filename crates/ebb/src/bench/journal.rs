@@ -63,9 +63,9 @@ impl Drop for Daemon {
 }
 
 pub fn run(opts: &Options) -> Result<Report> {
-    // Room for every file (a block each) and the repository's objects.
-    let blocks = (opts.files * 4 + opts.repo_files * 3) as u64;
-    let fs = LoopFs::xfs(((blocks * 4096 * 2) >> 20) + 1024)?;
+    // A sparse image: room for every file, the repository's objects and the
+    // journal, paid for only as written.
+    let fs = LoopFs::xfs(16 << 10)?;
     let root = fs.path().join("tree");
     std::fs::create_dir(&root)?;
     Tree::init(&root, Some(&fs.scratch().join("store")))?;
