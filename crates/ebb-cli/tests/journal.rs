@@ -372,12 +372,14 @@ fn git_status_with_the_hook_always_equals_git_status_without_it() {
 fn a_token_older_than_the_journal_keeps_gets_everything() {
     ebb::require_root!();
     let env = Env::new(300);
-    env.start_daemon_with(
-        |cmd| {
-            cmd.env("EBB_JOURNAL_MAX_EVENTS", "100");
-        },
-        common::COMMAND_TIMEOUT,
-    );
+    // As an admin would set it: in the tree's config.
+    let config_path = env.path(".ebb/config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).expect("config"))
+            .expect("json");
+    config["journal_max_events"] = 100.into();
+    std::fs::write(&config_path, config.to_string()).expect("config");
+    env.start_daemon();
     let old = token(&env.root);
     std::fs::create_dir(env.path("d")).expect("mkdir");
     for i in 0..12_000 {

@@ -26,6 +26,13 @@ pub struct Config {
     pub id: String,
     /// Directory of the local store.
     pub store: PathBuf,
+    /// The change journal keeps at most this many events (default
+    /// 1 000 000) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_max_events: Option<u64>,
+    /// ... and none older than this many days (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_max_age_days: Option<u64>,
 }
 
 /// An initialised managed tree.
@@ -67,6 +74,8 @@ impl Tree {
             format: CONFIG_FORMAT,
             id: hex::encode(rand::random::<[u8; 8]>()),
             store: std::fs::canonicalize(&store)?,
+            journal_max_events: None,
+            journal_max_age_days: None,
         };
         write_atomically(
             &state.join(CONFIG_FILE),

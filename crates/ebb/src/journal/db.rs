@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS events (
     kind   INTEGER NOT NULL,
     is_dir INTEGER NOT NULL,
     path   TEXT NOT NULL,
-    other  TEXT
+    other  TEXT,
+    at     INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS gaps (
     seq      INTEGER PRIMARY KEY,
@@ -127,10 +128,11 @@ impl Journal {
         changes: &[Change],
         stat: impl Fn(&str) -> Option<Entry>,
     ) -> Result<()> {
+        let now = unix_now();
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (kind, is_dir, path, other) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO events (kind, is_dir, path, other, at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO entries (path, ino, size, mtime, ctime, mode) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -143,7 +145,7 @@ impl Journal {
             // index writes, not five).
             let mut touched: Vec<&str> = Vec::with_capacity(changes.len() + 8);
             for c in changes {
-                insert.execute(params![c.kind as i64, c.is_dir, c.path, c.from])?;
+                insert.execute(params![c.kind as i64, c.is_dir, c.path, c.from, now])?;
                 match (c.kind, c.is_dir, &c.from) {
                     (Kind::Renamed, true, Some(from)) => move_prefix(&tx, from, &c.path)?,
                     (Kind::Deleted, true, _) => {
@@ -263,14 +265,25 @@ impl Journal {
         rows.collect::<rusqlite::Result<_>>().map_err(Into::into)
     }
 
-    /// Keep at most `keep` events: older ones go, and the oldest token
-    /// still answered exactly moves forward.
-    pub fn prune(&mut self, keep: u64) -> Result<()> {
+    /// Keep at most `keep` events, and (with `max_age`) none older: the
+    /// others go, and the oldest token still answered exactly moves
+    /// forward. The newest event always stays.
+    pub fn prune(&mut self, keep: u64, max_age: Option<Duration>) -> Result<()> {
         let last = self.last_seq()?;
-        if last <= keep || last - keep <= self.first_seq()? {
+        let mut first = last.saturating_sub(keep).max(1);
+        if let Some(age) = max_age {
+            let cutoff = unix_now() - age.as_secs() as i64;
+            let young: Option<i64> = self.conn.query_row(
+                "SELECT MIN(seq) FROM events WHERE at >= ?1",
+                params![cutoff],
+                |r| r.get(0),
+            )?;
+            first = first.max(young.map_or(last, |s| s as u64));
+        }
+        let first = first.min(last.max(1));
+        if first <= self.first_seq()? {
             return Ok(());
         }
-        let first = last - keep;
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM events WHERE seq < ?1", params![first as i64])?;
         tx.execute("DELETE FROM gaps WHERE seq < ?1", params![first as i64])?;
@@ -281,6 +294,12 @@ impl Journal {
         tx.commit()?;
         Ok(())
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A directory moved: its index entries move with it.
@@ -296,4 +315,60 @@ fn move_prefix(tx: &rusqlite::Transaction<'_>, from: &str, to: &str) -> Result<(
         ],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(path: &str) -> Change {
+        Change {
+            kind: Kind::Created,
+            is_dir: false,
+            path: path.into(),
+            from: None,
+        }
+    }
+
+    #[test]
+    fn pruning_by_count_and_by_age_moves_the_oldest_token_forward() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut j, fresh) = Journal::open(&dir.path().join("j.db")).expect("open");
+        assert!(fresh);
+        let batch: Vec<Change> = (0..10).map(|i| change(&format!("f{i}"))).collect();
+        j.append(&batch, |_| None).expect("append");
+        assert_eq!(j.last_seq().unwrap(), 10);
+        assert!(matches!(j.since(0, "").unwrap(), Since::Changes(c) if c.len() == 10));
+        j.prune(6, None).expect("prune");
+        assert_eq!(j.first_seq().unwrap(), 4);
+        assert!(matches!(j.since(2, "").unwrap(), Since::Pruned));
+        assert!(matches!(j.since(3, "").unwrap(), Since::Changes(c) if c.len() == 7));
+        // Events 4..=6 a year old: gone with a one-day age limit.
+        j.conn
+            .execute("UPDATE events SET at = 0 WHERE seq <= 6", [])
+            .unwrap();
+        j.prune(100, Some(Duration::from_secs(86_400)))
+            .expect("prune");
+        assert_eq!(j.first_seq().unwrap(), 7);
+        // A reopened journal keeps its id and is not new.
+        let id = j.id().to_string();
+        drop(j);
+        let (j, fresh) = Journal::open(&dir.path().join("j.db")).expect("reopen");
+        assert!(!fresh);
+        assert_eq!(j.id(), id);
+    }
+
+    #[test]
+    fn a_gap_makes_queries_wait_until_it_is_repaired() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut j, _) = Journal::open(&dir.path().join("j.db")).expect("open");
+        j.append(&[change("a")], |_| None).expect("append");
+        j.open_gap("test").expect("gap");
+        assert!(matches!(j.since(1, "").unwrap(), Since::Unrepaired));
+        j.append(&[change("b")], |_| None).expect("append");
+        j.close_gaps().expect("close");
+        assert!(
+            matches!(j.since(1, "").unwrap(), Since::Changes(c) if c.len() == 1 && c[0].1.path == "b")
+        );
+    }
 }

@@ -31,7 +31,8 @@ pub const MASK: u64 = libc::FAN_CREATE
 const COOKIES: &str = "cookies";
 /// How long a query waits for its cookie, or for a gap to be repaired.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
-/// Events kept, by default (`EBB_JOURNAL_MAX_EVENTS` overrides).
+/// Events kept, by default (`journal_max_events` in `.ebb/config.json`
+/// sets it; `EBB_JOURNAL_MAX_EVENTS` in the daemon's environment overrides).
 pub const MAX_EVENTS: u64 = 1_000_000;
 /// Directory paths remembered by handle, at most.
 const MAX_DIRS: usize = 1 << 18;
@@ -90,7 +91,12 @@ impl Recorder {
             max_events: std::env::var("EBB_JOURNAL_MAX_EVENTS")
                 .ok()
                 .and_then(|v| v.parse().ok())
+                .or(tree.config().journal_max_events)
                 .unwrap_or(MAX_EVENTS),
+            max_age: tree
+                .config()
+                .journal_max_age_days
+                .map(|d| Duration::from_secs(d * 86_400)),
         };
         let stop_flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -101,6 +107,8 @@ impl Recorder {
                 } else {
                     worker.repair()
                 };
+                let first =
+                    first.and_then(|()| worker.journal.prune(worker.max_events, worker.max_age));
                 if let Err(e) = first.and_then(|()| worker.run(&stop_flag)) {
                     tracing::error!("the journal stopped recording: {e:#}");
                 }
@@ -255,6 +263,7 @@ struct Worker {
     cookie_handle: FileHandle,
     cookies: Arc<Cookies>,
     max_events: u64,
+    max_age: Option<Duration>,
 }
 
 impl Worker {
@@ -314,7 +323,7 @@ impl Worker {
             }
             if appended > 10_000 {
                 appended = 0;
-                self.journal.prune(self.max_events)?;
+                self.journal.prune(self.max_events, self.max_age)?;
             }
         }
         Ok(())
@@ -366,7 +375,7 @@ impl Worker {
             .collect();
         self.journal.append(&changes, |p| now.get(p).copied())?;
         // Those are not news to anyone: start the journal after them.
-        self.journal.prune(0)?;
+        self.journal.prune(0, None)?;
         Ok(())
     }
 
