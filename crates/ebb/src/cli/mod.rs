@@ -31,6 +31,10 @@ Typical use, as root:
   ebb daemon /data --background  serve reads of released files
   ebb status -r /data            where each file's content is
 
+It also takes point-in-time snapshots of big files in use (ebb snapshot,
+ebb changed-ranges, ebb track) and keeps a journal of every change under
+the tree (ebb changes, and git's fsmonitor hook).
+
 Released files read as zeros while no daemon serves their tree: start the
 daemon before programs use them.";
 
@@ -160,6 +164,7 @@ enum Command {
         /// Who tracks it (letters, digits, - _ . @ :).
         #[arg(long)]
         owner: String,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -170,6 +175,7 @@ enum Command {
         /// The owner that tracks it.
         #[arg(long)]
         owner: String,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -183,6 +189,7 @@ enum Command {
         base: PathBuf,
         /// The file as it is now.
         file: PathBuf,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -209,6 +216,7 @@ enum Command {
         /// Print only the current token.
         #[arg(long)]
         token: bool,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
