@@ -288,6 +288,7 @@ impl Worker {
                 continue;
             }
             let mut changes = Vec::with_capacity(events.len());
+            let mut written = HashSet::new();
             let mut cookies = Vec::new();
             let mut gap = None;
             for event in &events {
@@ -297,8 +298,11 @@ impl Worker {
                 }
                 match self.translate(event, &mut cookies) {
                     Ok(Some(c)) => {
-                        // Repeats in one batch (writes) say nothing new.
-                        if changes.last() != Some(&c) {
+                        // Repeated writes to a file in one batch (git
+                        // writing its index) say nothing new.
+                        let repeat = matches!(c.kind, Kind::Modified | Kind::Attrib)
+                            && !written.insert((c.path.clone(), c.kind as u8));
+                        if !repeat {
                             changes.push(c);
                         }
                     }
