@@ -74,7 +74,11 @@ impl LoopFs {
             // XFS take 60-90 ms now and then.
             FsKind::Xfs => run(Command::new("mkfs.xfs")
                 .args(["-q", "-f", "-m", "reflink=1"])
-                .args(if size_mib >= 4096 { &["-l", "size=256m"][..] } else { &[] })
+                .args(if size_mib >= 4096 {
+                    &["-l", "size=256m"][..]
+                } else {
+                    &[]
+                })
                 .arg(&image)),
             FsKind::Btrfs => run(Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(&image)),
             FsKind::Ext4 => run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image)),

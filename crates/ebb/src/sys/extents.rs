@@ -52,10 +52,6 @@ impl Extent {
 /// Holes have no extent.
 #[doc(alias = "FS_IOC_FIEMAP")]
 pub fn fiemap(file: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<Vec<Extent>> {
-    map_extents(file, start, len, FIEMAP_FLAG_SYNC)
-}
-
-fn map_extents(file: BorrowedFd<'_>, start: u64, len: u64, flags: u32) -> io::Result<Vec<Extent>> {
     let end = start.saturating_add(len);
     let mut out = Vec::new();
     let mut at = start;
@@ -66,7 +62,7 @@ fn map_extents(file: BorrowedFd<'_>, start: u64, len: u64, flags: u32) -> io::Re
         buf[0] = at; // fm_start
         buf[1] = end - at; // fm_length
                            // fm_flags (low half) | fm_mapped_extents (high half, out)
-        buf[2] = u64::from(flags);
+        buf[2] = u64::from(FIEMAP_FLAG_SYNC);
         // fm_extent_count (low half) | fm_reserved
         buf[3] = BATCH as u64;
         // SAFETY: `buf` is a `struct fiemap` followed by room for BATCH
