@@ -71,7 +71,19 @@ fn changes_names_every_kind_of_change_once_and_a_token_to_go_on_from() {
     std::fs::create_dir_all(env.path("src/sub")).unwrap();
     std::fs::write(env.path("src/a"), b"a").unwrap();
     std::fs::write(env.path("src/sub/x"), b"x").unwrap();
-    env.start_daemon();
+    // A deep tree that exists before the daemon starts.
+    for i in 0..50 {
+        let dir = env.path(&format!("old/{i}/deeper"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), b"f").unwrap();
+    }
+    let stall = env.fs.scratch().join("stall");
+    env.start_daemon_with(
+        |cmd| {
+            cmd.env("EBB_TEST_JOURNAL_STALL", &stall);
+        },
+        common::COMMAND_TIMEOUT,
+    );
     let t0 = token(&env.root);
     std::fs::write(env.path("src/new"), b"n").unwrap();
     std::fs::write(env.path("src/a"), b"changed").unwrap();
@@ -79,6 +91,11 @@ fn changes_names_every_kind_of_change_once_and_a_token_to_go_on_from() {
     std::fs::remove_file(env.path("src/new")).unwrap();
     common::sh("chmod 600 \"$1\"", &[env.path("src/a").as_os_str()]).ok();
     std::fs::write(env.path("outside-src"), b"o").unwrap();
+    // Removed whole while the recorder is held still: its directories are
+    // gone before their events are read, and only the crawl knew them.
+    std::fs::write(&stall, b"").unwrap();
+    std::fs::remove_dir_all(env.path("old")).unwrap();
+    std::fs::remove_file(&stall).unwrap();
 
     let (set, everything, t1) = parsed(&env.root, changes(&env.path("src"), &t0));
     assert_eq!(everything, None);
@@ -97,6 +114,13 @@ fn changes_names_every_kind_of_change_once_and_a_token_to_go_on_from() {
     assert!(
         !whole.iter().any(|(p, _)| p.starts_with(".ebb")),
         "ebb's own files: {whole:?}"
+    );
+    assert!(has(&whole, "old", "deleted"), "{whole:?}");
+    assert!(has(&whole, "old/7/deeper/f", "deleted"), "{whole:?}");
+    assert!(
+        !env.log().contains("gone before its events"),
+        "directories known from the crawl need no second one: {}",
+        env.log()
     );
     // Nothing since the new token.
     let (none, _, t2) = parsed(&env.root, changes(&env.root, &t1));

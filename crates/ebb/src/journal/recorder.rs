@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -283,6 +284,9 @@ impl Worker {
                 nix::poll::PollFlags::POLLIN,
             )];
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+            if stall.as_ref().is_some_and(|s| s.exists()) {
+                continue;
+            }
             let events = self.group.read_events(&mut buf)?;
             if events.is_empty() {
                 continue;
@@ -347,6 +351,7 @@ impl Worker {
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect();
         let now = crawl::scan(&self.root)?;
+        self.learn_dirs(&now);
         let changes = crawl::diff(&self.journal.entries()?, &now);
         self.journal.append(&changes, |p| now.get(p).copied())?;
         self.journal.close_gaps()?;
@@ -368,6 +373,7 @@ impl Worker {
     /// before this journal exists to ask about it).
     fn index_silently(&mut self) -> Result<()> {
         let now = crawl::scan(&self.root)?;
+        self.learn_dirs(&now);
         let changes: Vec<Change> = now
             .iter()
             .map(|(path, e)| Change {
@@ -381,6 +387,22 @@ impl Worker {
         // Those are not news to anyone: start the journal after them.
         self.journal.prune(0, None)?;
         Ok(())
+    }
+
+    /// Remember every directory the crawl saw by its handle: a directory
+    /// deleted with all it holds (`rm -rf`) is gone by the time its
+    /// children's events are read, and could no longer be looked up.
+    fn learn_dirs(&mut self, tree: &HashMap<String, Entry>) {
+        let dirs = tree.iter().filter(|(_, e)| e.is_dir());
+        for (path, _) in dirs.take(MAX_DIRS - self.dirs.len().min(MAX_DIRS)) {
+            let opened = File::options()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                .open(self.root.join(path));
+            if let Ok((handle, _)) = opened.and_then(|d| handle_of(d.as_fd())) {
+                self.dirs.insert(handle, path.clone());
+            }
+        }
     }
 
     /// The change an event means; `Err` if its directory cannot be known.
@@ -503,10 +525,18 @@ impl Worker {
         ) else {
             return Dir::Unknown;
         };
+        // A removed directory may still open by handle while its inode
+        // lingers, with a path that says nothing (or something outside the
+        // tree): only a directory still linked is placed by its path.
+        let fd = File::from(fd);
+        let linked = fd.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.nlink() > 0
+        });
         let Ok(abs) = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
             return Dir::Unknown;
         };
-        if abs.to_string_lossy().ends_with(" (deleted)") {
+        if !linked || !abs.is_absolute() || abs.to_string_lossy().ends_with(" (deleted)") {
             return Dir::Unknown;
         }
         let Ok(rel) = abs.strip_prefix(&self.root) else {
