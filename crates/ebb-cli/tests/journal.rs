@@ -464,3 +464,31 @@ fn the_hook_answers_scan_everything_when_it_cannot_know() {
         .expect("hook");
     assert!(!wrong_version.status.success());
 }
+
+/// The kernel merges queued events on one name, order lost: a file made,
+/// written and removed while the recorder is behind must come out
+/// "deleted", one removed and made again "created" (both: changed).
+#[test]
+fn merged_events_are_told_apart_by_what_is_there_now() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    std::fs::write(env.path("again"), b"1").expect("write");
+    let stall = env.fs.scratch().join("stall");
+    env.start_daemon_with(
+        |cmd| {
+            cmd.env("EBB_TEST_JOURNAL_STALL", &stall);
+        },
+        common::COMMAND_TIMEOUT,
+    );
+    let t0 = token(&env.root);
+    std::fs::write(&stall, b"").expect("stall");
+    std::fs::write(env.path("brief"), b"x").expect("write");
+    std::fs::remove_file(env.path("brief")).expect("rm");
+    std::fs::remove_file(env.path("again")).expect("rm");
+    std::fs::write(env.path("again"), b"2").expect("write");
+    std::fs::remove_file(&stall).expect("unstall");
+    let (set, everything, _) = parsed(&env.root, changes(&env.root, &t0));
+    assert_eq!(everything, None);
+    assert!(has(&set, "brief", "deleted"), "{set:?}");
+    assert!(has(&set, "again", "created"), "{set:?}");
+}

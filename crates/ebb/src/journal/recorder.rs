@@ -466,9 +466,21 @@ impl Worker {
         let Some(path) = self.path_in(&entry.handle, entry.name.as_deref())? else {
             return Ok(None);
         };
-        let kind = if event.mask & libc::FAN_CREATE != 0 {
+        let (created, deleted) = (
+            event.mask & libc::FAN_CREATE != 0,
+            event.mask & libc::FAN_DELETE != 0,
+        );
+        let kind = if created && deleted {
+            // The kernel merges queued events on one name: the order of a
+            // create and a delete is lost, what is there now tells.
+            if stat(&self.root, &path).is_some() {
+                Kind::Created
+            } else {
+                Kind::Deleted
+            }
+        } else if created {
             Kind::Created
-        } else if event.mask & libc::FAN_DELETE != 0 {
+        } else if deleted {
             Kind::Deleted
         } else if event.mask & libc::FAN_MODIFY != 0 {
             Kind::Modified
