@@ -158,18 +158,12 @@ impl Snapshots {
                 libc::O_RDONLY,
             )?);
             let job = Job::resume(records.clone(), spec, src)?;
-            let result = job
-                .clone_units(0..job.plan().units(), false)
-                .and_then(|()| job.finish());
-            match result {
-                Ok(took) => Ok(report(&job, took)),
-                Err(e) => {
-                    job.abandon();
-                    Err(e)
-                }
-            }
+            job.clone_units(0..job.plan().units(), false)?;
+            let took = job.finish()?;
+            Ok(report(&job, took))
         };
         run().map(|r| (dst.clone(), r)).map_err(|e| {
+            // The partial file and the records go.
             Job::discard(&records, Some(&dst));
             (dst, format!("could not be finished: {e:#}"))
         })
@@ -177,11 +171,8 @@ impl Snapshots {
 
     /// `ebb snapshot`: start one, or report on the one to `req.dst`.
     pub fn request(&mut self, req: start::Request, reply: Sender<Result<Value, String>>) {
-        if let Some(result) = self.finished.remove(&req.dst) {
-            let _ = reply.send(result.map(|mut v| {
-                v["state"] = json!("done");
-                v
-            }));
+        if let Some(result) = self.take_finished(&req.dst) {
+            let _ = reply.send(result);
             return;
         }
         if let Some(status) = self.status_of_running(&req.dst) {
@@ -226,17 +217,21 @@ impl Snapshots {
         if self.preparing.contains(dst) {
             return Ok(json!({"state": "preparing", "dst": dst}));
         }
-        match self.finished.remove(dst) {
-            Some(Ok(mut v)) => {
-                v["state"] = json!("done");
-                Ok(v)
-            }
-            Some(Err(why)) => Err(why),
-            None => Err(format!(
+        self.take_finished(dst).unwrap_or_else(|| {
+            Err(format!(
                 "the daemon knows of no snapshot to {}",
                 dst.display()
-            )),
-        }
+            ))
+        })
+    }
+
+    /// The outcome of the finished snapshot to `dst`, once.
+    fn take_finished(&mut self, dst: &Path) -> Option<Result<Value, String>> {
+        let result = self.finished.remove(dst)?;
+        Some(result.map(|mut v| {
+            v["state"] = json!("done");
+            v
+        }))
     }
 
     fn status_of_running(&self, dst: &Path) -> Option<Value> {
