@@ -60,6 +60,23 @@ fn parsed(root: &Path, run: Run) -> (BTreeSet<(String, String)>, Option<String>,
     )
 }
 
+/// Where a test holds the recorder still (`EBB_TEST_JOURNAL_STALL`): while
+/// the file exists, events wait in the kernel's queue.
+fn stall_file(env: &Env) -> std::path::PathBuf {
+    env.fs.scratch().join("stall")
+}
+
+/// `ebb daemon --background` whose recorder a test can hold still.
+fn start_stallable(env: &Env) -> i32 {
+    let stall = stall_file(env);
+    env.start_daemon_with(
+        |cmd| {
+            cmd.env("EBB_TEST_JOURNAL_STALL", &stall);
+        },
+        common::COMMAND_TIMEOUT,
+    )
+}
+
 fn has(set: &BTreeSet<(String, String)>, path: &str, kind: &str) -> bool {
     set.contains(&(path.to_string(), kind.to_string()))
 }
@@ -77,13 +94,8 @@ fn changes_names_every_kind_of_change_once_and_a_token_to_go_on_from() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("f"), b"f").unwrap();
     }
-    let stall = env.fs.scratch().join("stall");
-    env.start_daemon_with(
-        |cmd| {
-            cmd.env("EBB_TEST_JOURNAL_STALL", &stall);
-        },
-        common::COMMAND_TIMEOUT,
-    );
+    let stall = stall_file(&env);
+    start_stallable(&env);
     let t0 = token(&env.root);
     std::fs::write(env.path("src/new"), b"n").unwrap();
     std::fs::write(env.path("src/a"), b"changed").unwrap();
@@ -207,15 +219,8 @@ fn changes_made_while_no_daemon_ran_are_found_after_a_restart() {
 fn a_queue_overflow_is_repaired_and_nothing_is_lost() {
     ebb::require_root!();
     let env = Env::new(400);
-    let stall = env.fs.scratch().join("stall");
-    std::fs::write(&stall, b"").unwrap();
-    env.start_daemon_with(
-        |cmd| {
-            cmd.env("EBB_TEST_JOURNAL_STALL", &stall);
-        },
-        common::COMMAND_TIMEOUT,
-    );
-    std::fs::remove_file(&stall).unwrap();
+    let stall = stall_file(&env);
+    start_stallable(&env);
     let t0 = token(&env.root);
     std::fs::write(&stall, b"").unwrap();
     std::fs::create_dir(env.path("many")).unwrap();
@@ -241,16 +246,8 @@ fn a_queue_overflow_is_repaired_and_nothing_is_lost() {
 fn git_status_with_the_hook_always_equals_git_status_without_it() {
     ebb::require_root!();
     let env = Env::new(400);
-    let stall = env.fs.scratch().join("stall");
-    let start = |env: &Env| {
-        env.start_daemon_with(
-            |cmd| {
-                cmd.env("EBB_TEST_JOURNAL_STALL", &stall);
-            },
-            common::COMMAND_TIMEOUT,
-        )
-    };
-    let mut pid = start(&env);
+    let stall = stall_file(&env);
+    let mut pid = start_stallable(&env);
     let repo = env.path("work/repo");
     std::fs::create_dir_all(&repo).unwrap();
     // With the hook as a user has it; without: no fsmonitor, and no index
@@ -366,7 +363,7 @@ fn git_status_with_the_hook_always_equals_git_status_without_it() {
                 let writer = std::thread::spawn(move || std::fs::write(path, b"x"));
                 std::thread::sleep(Duration::from_millis(100));
                 files.push("while-down".into());
-                pid = start(&env);
+                pid = start_stallable(&env);
                 writer.join().expect("writer").expect("write");
             }
             "overflow" => {
@@ -473,13 +470,8 @@ fn merged_events_are_told_apart_by_what_is_there_now() {
     ebb::require_root!();
     let env = Env::new(300);
     std::fs::write(env.path("again"), b"1").expect("write");
-    let stall = env.fs.scratch().join("stall");
-    env.start_daemon_with(
-        |cmd| {
-            cmd.env("EBB_TEST_JOURNAL_STALL", &stall);
-        },
-        common::COMMAND_TIMEOUT,
-    );
+    let stall = stall_file(&env);
+    start_stallable(&env);
     let t0 = token(&env.root);
     std::fs::write(&stall, b"").expect("stall");
     std::fs::write(env.path("brief"), b"x").expect("write");
