@@ -47,7 +47,7 @@ struct Cookies {
 
 /// The running recorder, as the daemon holds it.
 pub struct Recorder {
-    root: PathBuf,
+    tree: Tree,
     db: PathBuf,
     /// A connection for queries, opened on the first one.
     reader: Mutex<Option<Journal>>,
@@ -115,7 +115,7 @@ impl Recorder {
                 }
             })?;
         Ok(Recorder {
-            root,
+            tree: tree.clone(),
             db,
             reader: Mutex::new(None),
             cookies,
@@ -128,7 +128,7 @@ impl Recorder {
     /// What changed under `path` since `since` (`None`: nothing is asked,
     /// only the current token), up to the moment of the call.
     pub fn answer(&self, since: Option<&Token>, path: &Path) -> Result<Answer> {
-        let rel = relative(&self.root, path)?;
+        let rel = self.tree.relative(path)?.to_string_lossy().into_owned();
         self.sync()?;
         let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         if reader.is_none() {
@@ -192,11 +192,7 @@ impl Recorder {
             std::process::id(),
             self.next_cookie.fetch_add(1, Ordering::Relaxed)
         );
-        let path = self
-            .root
-            .join(crate::tree::STATE_DIR)
-            .join(COOKIES)
-            .join(&name);
+        let path = self.tree.state_dir().join(COOKIES).join(&name);
         File::create(&path).with_context(|| format!("creating the cookie {}", path.display()))?;
         let seen = {
             let mut seen = self.cookies.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -228,18 +224,6 @@ impl Drop for Recorder {
             let _ = t.join();
         }
     }
-}
-
-/// `path` relative to `root`, as the journal stores it.
-fn relative(root: &Path, path: &Path) -> Result<String> {
-    let rel = path.strip_prefix(root).map_err(|_| {
-        anyhow::anyhow!(
-            "{} is outside the managed tree {}",
-            path.display(),
-            root.display()
-        )
-    })?;
-    Ok(rel.to_string_lossy().into_owned())
 }
 
 /// Where a directory handle points.

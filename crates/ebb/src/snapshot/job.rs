@@ -133,7 +133,7 @@ impl Job {
 
     /// The snapshots recorded in `records_dir` by a daemon that stopped
     /// before finishing them: each to resume (under the same keeper) or to
-    /// remove. `open` reopens a source from its handle.
+    /// remove.
     pub fn recorded(records_dir: &Path) -> Vec<(PathBuf, Result<Spec>)> {
         let Ok(entries) = std::fs::read_dir(records_dir) else {
             return Vec::new();
@@ -333,12 +333,12 @@ impl Job {
 
 /// A clone error in words a user can act on.
 fn clone_error(e: std::io::Error, spec: &Spec) -> anyhow::Error {
-    let what = match e.raw_os_error() {
-        Some(libc::ENOSPC) => "the filesystem is full (cloning needs room for extent records)",
-        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::EXDEV) => {
-            "the filesystem cannot share blocks (reflink)"
-        }
-        _ => "cloning failed",
+    let what = if e.raw_os_error() == Some(libc::ENOSPC) {
+        "the filesystem is full (cloning needs room for extent records)"
+    } else if crate::sys::extents::cannot_reflink(&e) {
+        "the filesystem cannot share blocks (reflink)"
+    } else {
+        "cloning failed"
     };
     anyhow::Error::new(e).context(format!(
         "cloning {} into {}: {what}",

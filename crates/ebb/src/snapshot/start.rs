@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use super::job::partial_path;
 use super::plan::Plan;
 use super::users;
-use crate::sys::extents::clone_range;
+use crate::sys::extents::{cannot_reflink, clone_range};
 use crate::sys::fanotify::reopen_nonotify;
 use crate::sys::handle::{handle_of, FileHandle};
 
@@ -151,14 +151,13 @@ fn check_reflink(src: &File, dst: &File, size: u64, path: &Path) -> Result<()> {
     let len = if size < block { size } else { block };
     clone_range(src.as_fd(), 0, len, dst.as_fd(), 0).map_err(|e| {
         let fs = filesystem_name(src);
-        match e.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::EXDEV) | Some(libc::ENOTTY) => {
-                anyhow::anyhow!(
-                    "{} is on {fs}, which cannot share blocks (reflink): snapshots need XFS made with reflink=1 or btrfs",
-                    path.display()
-                )
-            }
-            _ => anyhow::Error::new(e).context(format!("cloning {} ({fs})", path.display())),
+        if cannot_reflink(&e) {
+            anyhow::anyhow!(
+                "{} is on {fs}, which cannot share blocks (reflink): snapshots need XFS made with reflink=1 or btrfs",
+                path.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("cloning {} ({fs})", path.display()))
         }
     })
 }

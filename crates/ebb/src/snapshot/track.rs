@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 
 use super::plan::Plan;
 use crate::catalog::{Catalog, StatSnap, Tracking};
-use crate::sys::extents::clone_range;
+use crate::sys::extents::{cannot_reflink, clone_range};
 use crate::sys::handle::FileHandle;
 use crate::tree::Tree;
 
@@ -129,13 +129,16 @@ fn clone_unchanged(src: &Path, dst: &Path, stat: &StatSnap) -> Result<bool> {
         for unit in (0..plan.units()).step_by(BASE_CALL_UNITS) {
             let bytes = plan.bytes(unit..(unit + BASE_CALL_UNITS).min(plan.units()));
             clone_range(file.as_fd(), bytes.start, bytes.end - bytes.start, out.as_fd(), bytes.start)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::EXDEV) => anyhow::anyhow!(
-                        "{} is on {}, which cannot share blocks (reflink): tracking keeps a base snapshot, which needs XFS made with reflink=1 or btrfs",
-                        src.display(),
-                        super::start::filesystem_name(&file)
-                    ),
-                    _ => anyhow::Error::new(e).context(format!("cloning {}", src.display())),
+                .map_err(|e| {
+                    if cannot_reflink(&e) {
+                        anyhow::anyhow!(
+                            "{} is on {}, which cannot share blocks (reflink): tracking keeps a base snapshot, which needs XFS made with reflink=1 or btrfs",
+                            src.display(),
+                            super::start::filesystem_name(&file)
+                        )
+                    } else {
+                        anyhow::Error::new(e).context(format!("cloning {}", src.display()))
+                    }
                 })?;
         }
         out.sync_all()?;

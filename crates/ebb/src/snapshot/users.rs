@@ -7,7 +7,6 @@
 //! starts, it looks for the two kinds of writer it could not stop.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 /// A process, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,12 +163,6 @@ pub fn may_be_truncating(pid: u32) -> bool {
         };
         flags.is_some_and(|f| f & libc::O_TRUNC as u64 != 0)
     })
-}
-
-/// `(dev, ino)` of `path`.
-pub fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
-    let m = std::fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
 }
 
 #[cfg(test)]

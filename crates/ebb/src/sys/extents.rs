@@ -124,6 +124,15 @@ pub fn clone_range(
     Ok(())
 }
 
+/// Whether a [`clone_range`] error means the filesystem (or this pair of
+/// files) cannot share blocks at all, rather than that this call failed.
+pub fn cannot_reflink(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::EXDEV) | Some(libc::ENOTTY)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +204,7 @@ mod tests {
         let b = tempfile::tempfile_in("/dev/shm").expect("tmpfs file");
         let err = clone_range(a.as_fd(), 0, 4096, b.as_fd(), 0)
             .expect_err("no reflink across filesystems");
+        assert!(cannot_reflink(&err), "{err}");
         assert!(
             matches!(
                 err.raw_os_error(),
