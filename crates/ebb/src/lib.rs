@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod failover;
 pub mod hsm;
 pub mod journal;
+pub mod remote;
 pub mod snapshot;
 pub mod store;
 pub mod sys;

@@ -4,6 +4,7 @@
 mod bench;
 mod files;
 mod journal;
+mod remote;
 mod snapshot;
 
 use std::io::{BufRead, BufReader, IsTerminal};
@@ -233,6 +234,24 @@ enum Command {
         /// git's last token.
         token: Option<String>,
     },
+    /// Stream the tree's changes to subscribers on other machines
+    /// (ebb watch), over HTTP (or HTTPS) as JSON lines.
+    ///
+    /// Runs beside `ebb daemon`, whose journal it reads; subscribers resume
+    /// from their last token across reconnects and restarts of either.
+    /// Listens on loopback unless told otherwise; any other address needs
+    /// --token-file. Runs in the foreground; stop it with SIGTERM.
+    Serve(remote::ServeArgs),
+    /// Subscribe to the changes under a path on an ebb server.
+    ///
+    /// Prints each change as it happens (--json: one object per line with
+    /// path, kind, is_dir, token). With --since, first every change after
+    /// that token. A lost connection is resumed from the last token, so
+    /// nothing is missed. Besides changes, the stream may say `rescan`
+    /// (changes may be missing here: the token is older than the journal
+    /// keeps, or the journal itself lost events) and `gone` (the watched
+    /// path was deleted or moved away: the last line).
+    Watch(remote::WatchArgs),
     /// Measure ebb against a baseline taken in the same run.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -255,7 +274,10 @@ struct FileArgs {
 /// Run the command line; the `ebb` binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Daemon { .. }));
+    init_logging(matches!(
+        cli.command,
+        Command::Daemon { .. } | Command::Serve(_)
+    ));
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -316,6 +338,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             token,
             json,
         } => journal::changes(&path, since.as_deref(), token, json),
+        Command::Serve(args) => remote::serve(args),
+        Command::Watch(args) => remote::watch(args),
         Command::FsmonitorHook { version, token } => {
             journal::fsmonitor_hook(&version, token.as_deref())
         }

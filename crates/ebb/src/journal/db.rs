@@ -62,6 +62,14 @@ pub enum Since {
     Pruned,
 }
 
+/// What follows a point in the journal (see [`Journal::after`]).
+#[derive(Debug)]
+pub enum After {
+    Records(Vec<(u64, Change)>),
+    /// The point asked for is older than what is kept.
+    Pruned,
+}
+
 impl Journal {
     /// Open (creating if needed) the journal at `path`; `true` with it if
     /// it is new.
@@ -181,6 +189,58 @@ impl Journal {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Open an existing journal only to read it (`ebb serve`, beside the
+    /// daemon that writes it): nothing is created, and a read-only
+    /// connection never checkpoints or removes the daemon's WAL files.
+    pub fn open_reader(path: &Path) -> Result<Journal> {
+        use rusqlite::OpenFlags;
+        if !path.exists() {
+            anyhow::bail!(
+                "{} does not exist: the journal is made by the daemon (ebb daemon TREE --background)",
+                path.display()
+            );
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening the journal {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        let id: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'id'", [], |r| r.get(0))
+            .with_context(|| format!("reading the journal {}", path.display()))?;
+        Ok(Journal { conn, id })
+    }
+
+    /// Up to `limit` events after `seq`, oldest first, gaps included (as
+    /// kind `gap`, with why in `from`); or `Pruned` when events right after
+    /// `seq` are no longer kept. One read transaction, so a prune cannot
+    /// slip between the check and the read.
+    pub fn after(&self, seq: u64, limit: usize) -> Result<After> {
+        let tx = self.conn.unchecked_transaction()?;
+        if seq + 1 < self.first_seq()? {
+            return Ok(After::Pruned);
+        }
+        let mut stmt = tx.prepare_cached(
+            "SELECT e.seq, e.kind, e.is_dir, e.path, COALESCE(g.reason, e.other)
+             FROM events e LEFT JOIN gaps g ON g.seq = e.seq
+             WHERE e.seq > ?1 ORDER BY e.seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![seq as i64, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                Change {
+                    kind: Kind::from_i64(r.get(1)?),
+                    is_dir: r.get(2)?,
+                    path: r.get(3)?,
+                    from: r.get(4)?,
+                },
+            ))
+        })?;
+        let records = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(After::Records(records))
     }
 
     /// Record a gap: from here until it is repaired, changes may be
@@ -356,6 +416,40 @@ mod tests {
         let (j, fresh) = Journal::open(&dir.path().join("j.db")).expect("reopen");
         assert!(!fresh);
         assert_eq!(j.id(), id);
+    }
+
+    #[test]
+    fn a_reader_streams_events_and_gaps_in_order_and_sees_pruning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let (mut j, _) = Journal::open(&path).expect("open");
+        j.append(&[change("a"), change("b")], |_| None)
+            .expect("append");
+        j.open_gap("queue overflow").expect("gap");
+        j.append(&[change("c")], |_| None).expect("append");
+        let r = Journal::open_reader(&path).expect("reader");
+        assert_eq!(r.id(), j.id());
+        let After::Records(all) = r.after(0, 100).unwrap() else {
+            panic!("pruned")
+        };
+        let got: Vec<(u64, Kind, String, Option<String>)> = all
+            .into_iter()
+            .map(|(s, c)| (s, c.kind, c.path, c.from))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, Kind::Created, "a".into(), None),
+                (2, Kind::Created, "b".into(), None),
+                (3, Kind::Gap, "".into(), Some("queue overflow".into())),
+                (4, Kind::Created, "c".into(), None),
+            ]
+        );
+        assert!(matches!(r.after(1, 2).unwrap(), After::Records(v) if v.len() == 2 && v[0].0 == 2));
+        j.prune(2, None).expect("prune");
+        assert!(matches!(r.after(0, 10).unwrap(), After::Pruned));
+        assert!(matches!(r.after(1, 10).unwrap(), After::Records(v) if v[0].0 == 2));
+        assert!(Journal::open_reader(&dir.path().join("none.db")).is_err());
     }
 
     #[test]

@@ -44,6 +44,20 @@ impl Kind {
         }
     }
 
+    /// Parse a kind as `ebb changes` prints it, or as a verb (`create`,
+    /// `delete`, `modify`, `rename`, `attrib`), as `ebb watch --events`
+    /// takes it. Gaps are not something to ask for.
+    pub fn parse(name: &str) -> Option<Kind> {
+        Some(match name.trim() {
+            "created" | "create" => Kind::Created,
+            "modified" | "modify" => Kind::Modified,
+            "deleted" | "delete" => Kind::Deleted,
+            "renamed" | "rename" => Kind::Renamed,
+            "attrib" => Kind::Attrib,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Created => "created",
@@ -62,7 +76,8 @@ pub struct Change {
     pub kind: Kind,
     pub is_dir: bool,
     pub path: String,
-    /// For a rename: where it came from.
+    /// For a rename: where it came from (for a gap read with
+    /// [`db::Journal::after`]: why it happened).
     pub from: Option<String>,
 }
 

@@ -1,0 +1,279 @@
+//! What a subscription may watch and what it is sent: decided on the
+//! server, so a subscriber never receives (or can ask for) anything else.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::journal::{under, Change, Kind};
+
+/// One subscription's choice: a subtree of the tree and the kinds of
+/// change wanted in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    /// Relative to the tree's root; "" is the whole tree.
+    pub prefix: String,
+    kinds: u8,
+}
+
+/// What to do with one change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Skip,
+    Send,
+    /// The subscription's path was deleted or moved away: send the change
+    /// if its kind is wanted, then end the stream.
+    Ends {
+        send: bool,
+    },
+}
+
+impl Filter {
+    /// `kinds`: a comma-separated list (`create,delete,modify,rename,attrib`,
+    /// or the names `ebb changes` prints); `None` for all of them.
+    pub fn new(prefix: String, kinds: Option<&str>) -> Result<Filter, String> {
+        let kinds = match kinds {
+            None => u8::MAX,
+            Some(list) => {
+                let mut bits = 0u8;
+                for name in list.split(',').filter(|n| !n.trim().is_empty()) {
+                    match Kind::parse(name) {
+                        Some(k) => bits |= 1 << k as u8,
+                        None => {
+                            return Err(format!(
+                            "{name:?} is not a kind of event (create, delete, modify, rename, attrib)"
+                        ))
+                        }
+                    }
+                }
+                if bits == 0 {
+                    return Err(
+                        "no kinds of event named (create, delete, modify, rename, attrib)".into(),
+                    );
+                }
+                bits
+            }
+        };
+        Ok(Filter { prefix, kinds })
+    }
+
+    pub fn wants(&self, kind: Kind) -> bool {
+        self.kinds & (1 << kind as u8) != 0
+    }
+
+    pub fn judge(&self, change: &Change) -> Verdict {
+        if !change.touches(&self.prefix) {
+            return Verdict::Skip;
+        }
+        let send = self.wants(change.kind);
+        if self.ended_by(change) {
+            Verdict::Ends { send }
+        } else if send {
+            Verdict::Send
+        } else {
+            Verdict::Skip
+        }
+    }
+
+    /// The subscription's own path (or a directory above it) deleted, or
+    /// renamed to somewhere that is not it.
+    fn ended_by(&self, change: &Change) -> bool {
+        if self.prefix.is_empty() {
+            return false;
+        }
+        match change.kind {
+            Kind::Deleted => under(&self.prefix, &change.path),
+            Kind::Renamed => {
+                change
+                    .from
+                    .as_deref()
+                    .is_some_and(|from| under(&self.prefix, from))
+                    && !under(&self.prefix, &change.path)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Where a subscriber asked to watch, once checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watched {
+    /// Absolute, as the subscriber named it (normalized).
+    pub path: PathBuf,
+    /// Relative to the tree's root.
+    pub prefix: String,
+    /// A directory (or not there yet).
+    pub is_dir: bool,
+}
+
+/// Check `requested`, an absolute path on the server, against `export`
+/// (canonical, inside the tree at `tree_root`): `..` is refused, so is a
+/// path outside the export, and so is one through a symlink (which could
+/// lead outside). A path that does not exist yet may be watched.
+pub fn check_path(tree_root: &Path, export: &Path, requested: &str) -> Result<Watched, String> {
+    if !requested.starts_with('/') {
+        return Err(format!(
+            "{requested:?} is not an absolute path on the server"
+        ));
+    }
+    let mut path = PathBuf::from("/");
+    for c in Path::new(requested).components() {
+        match c {
+            Component::Normal(name) => path.push(name),
+            Component::ParentDir => {
+                return Err(format!(
+                    "{requested:?} contains \"..\": name the path itself"
+                ))
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    let Ok(below) = path.strip_prefix(export) else {
+        return Err(format!(
+            "{} is outside what this server exports ({})",
+            path.display(),
+            export.display()
+        ));
+    };
+    let mut at = export.to_path_buf();
+    let mut is_dir = true;
+    for name in below.components() {
+        at.push(name);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!(
+                    "{} is a symlink: watch the path it leads to",
+                    at.display()
+                ))
+            }
+            Ok(m) => is_dir = m.is_dir(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                is_dir = true;
+                break;
+            }
+            Err(e) => return Err(format!("{}: {e}", at.display())),
+        }
+    }
+    let prefix = path
+        .strip_prefix(tree_root)
+        .map_err(|_| format!("{} is not in the tree", path.display()))?
+        .to_string_lossy()
+        .into_owned();
+    Ok(Watched {
+        path,
+        prefix,
+        is_dir,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(kind: Kind, path: &str, from: Option<&str>, is_dir: bool) -> Change {
+        Change {
+            kind,
+            is_dir,
+            path: path.into(),
+            from: from.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_filter_sends_its_subtree_and_kinds_only() {
+        let f = Filter::new("src".into(), Some("create,delete")).unwrap();
+        assert_eq!(
+            f.judge(&change(Kind::Created, "src/a.c", None, false)),
+            Verdict::Send
+        );
+        assert_eq!(
+            f.judge(&change(Kind::Modified, "src/a.c", None, false)),
+            Verdict::Skip
+        );
+        assert_eq!(
+            f.judge(&change(Kind::Created, "srcx/a.c", None, false)),
+            Verdict::Skip
+        );
+        assert_eq!(
+            f.judge(&change(Kind::Created, "docs/a", None, false)),
+            Verdict::Skip
+        );
+        // Renamed in from outside, or out to outside: both ends count.
+        let all = Filter::new("src".into(), None).unwrap();
+        assert_eq!(
+            all.judge(&change(Kind::Renamed, "src/b", Some("tmp/b"), false)),
+            Verdict::Send
+        );
+        assert_eq!(
+            all.judge(&change(Kind::Renamed, "tmp/b", Some("src/b"), false)),
+            Verdict::Send
+        );
+        assert!(Filter::new("".into(), Some("create,bogus")).is_err());
+        assert!(Filter::new("".into(), Some(",")).is_err());
+        assert!(Filter::new("".into(), Some("created,modify")).is_ok());
+    }
+
+    #[test]
+    fn deleting_or_moving_the_watched_path_or_above_ends_the_subscription() {
+        let f = Filter::new("a/x".into(), Some("create")).unwrap();
+        let ends = |c: Change| f.judge(&c);
+        assert_eq!(
+            ends(change(Kind::Deleted, "a/x", None, true)),
+            Verdict::Ends { send: false }
+        );
+        assert_eq!(
+            ends(change(Kind::Deleted, "a", None, true)),
+            Verdict::Ends { send: false }
+        );
+        assert_eq!(
+            ends(change(Kind::Renamed, "b", Some("a"), true)),
+            Verdict::Ends { send: false }
+        );
+        // Something inside moved out, or something moved over it: goes on.
+        assert_eq!(
+            ends(change(Kind::Renamed, "b", Some("a/x/y"), false)),
+            Verdict::Skip
+        );
+        assert_eq!(
+            ends(change(Kind::Renamed, "a/x", Some("tmp"), true)),
+            Verdict::Skip
+        );
+        let deletes = Filter::new("a/x".into(), Some("delete")).unwrap();
+        assert_eq!(
+            deletes.judge(&change(Kind::Deleted, "a/x", None, false)),
+            Verdict::Ends { send: true }
+        );
+        let whole = Filter::new("".into(), None).unwrap();
+        assert_eq!(
+            whole.judge(&change(Kind::Deleted, "a", None, true)),
+            Verdict::Send
+        );
+    }
+
+    #[test]
+    fn paths_outside_the_export_through_dotdot_or_symlinks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().canonicalize().unwrap();
+        let export = tree.join("pub");
+        std::fs::create_dir_all(export.join("src")).unwrap();
+        std::fs::write(export.join("src/f"), b"").unwrap();
+        std::os::unix::fs::symlink("/etc", export.join("link")).unwrap();
+        let ok = |p: &Path| check_path(&tree, &export, p.to_str().unwrap());
+        let w = ok(&export.join("src")).unwrap();
+        assert_eq!((w.prefix.as_str(), w.is_dir), ("pub/src", true));
+        let w = ok(&export.join("src/f")).unwrap();
+        assert_eq!((w.prefix.as_str(), w.is_dir), ("pub/src/f", false));
+        let w = ok(&export.join("not/yet")).unwrap();
+        assert_eq!(w.prefix, "pub/not/yet");
+        assert_eq!(ok(&export).unwrap().prefix, "pub");
+        assert!(ok(&export.join("src/../../secret")).is_err());
+        assert!(ok(&tree).is_err());
+        assert!(ok(Path::new("/etc")).is_err());
+        assert!(ok(&export.join("link/passwd")).is_err());
+        assert!(check_path(&tree, &export, "pub/src").is_err());
+        // Spelled with "." and doubled slashes: the same path.
+        let odd = format!("{}/./src//f", export.display());
+        assert_eq!(
+            check_path(&tree, &export, &odd).unwrap().prefix,
+            "pub/src/f"
+        );
+    }
+}
