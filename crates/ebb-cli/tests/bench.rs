@@ -185,3 +185,44 @@ fn bench_journal_runs_small_and_loses_nothing() {
         assert!(v.is_finite() && v > 0.0, "{field} = {v}");
     }
 }
+
+/// The remote benchmark (issue 7, requirements 6 and 8) at a small size:
+/// 100 subscribers, each one's events exactly its filter's share of the
+/// journal (the bench exits 1 otherwise), five of them resumed mid-run.
+#[test]
+fn bench_remote_runs_small_and_every_subscriber_is_exact() {
+    ebb::require_root!();
+    let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args([
+            "bench",
+            "remote",
+            "--subscribers",
+            "100",
+            "--seconds",
+            "3",
+            "--json",
+        ])
+        .output()
+        .expect("run ebb bench remote");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    println!("{report:#}");
+    assert_eq!(report["mismatched"], 0, "{report}");
+    assert_eq!(report["resumed"], 5, "{report}");
+    assert_eq!(
+        report["journal_events"], report["produced_events"],
+        "{report}"
+    );
+    assert!(report["deliveries"].as_u64() > Some(0), "{report}");
+    for field in [
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "deliveries_per_sec",
+        "local_changes_secs",
+        "remote_replay_secs",
+        "remote_vs_local",
+    ] {
+        assert!(report[field].as_f64().is_some(), "{field} in {report}");
+    }
+}

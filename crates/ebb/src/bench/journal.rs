@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
-use super::{drop_caches, start_daemon, stop_daemon, Pid};
+use super::{changes, drop_caches, start_daemon, Daemon};
 use crate::sys::fanotify::{EventBuffer, Group, InitOptions};
 use crate::testing::LoopFs;
 use crate::tree::Tree;
@@ -52,14 +52,6 @@ pub struct Report {
     pub status_cold_ebb_vs_trivial: f64,
     pub restart_repair_secs: f64,
     pub full_hash_crawl_secs: f64,
-}
-
-struct Daemon(Pid);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        stop_daemon(self.0);
-    }
 }
 
 pub fn run(opts: &Options) -> Result<Report> {
@@ -219,29 +211,6 @@ fn produce(dir: &Path, files: usize) -> Vec<std::thread::JoinHandle<Result<()>>>
             })
         })
         .collect()
-}
-
-/// `ebb changes` (JSON lines); with no token, the current token.
-fn changes(exe: &Path, path: &Path, since: Option<&str>) -> Result<String> {
-    let mut cmd = Command::new(exe);
-    cmd.arg("changes").arg(path).arg("--json");
-    match since {
-        Some(t) => cmd.args(["--since", t]),
-        None => cmd.arg("--token"),
-    };
-    let out = cmd.output().context("running ebb changes")?;
-    if !out.status.success() {
-        bail!(
-            "ebb changes: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8(out.stdout)?;
-    if since.is_none() {
-        let v: serde_json::Value = serde_json::from_str(text.trim())?;
-        return Ok(v["token"].as_str().context("no token")?.to_string());
-    }
-    Ok(text)
 }
 
 fn make_repo(repo: &Path, files: usize) -> Result<()> {

@@ -4,6 +4,7 @@
 pub mod failover;
 pub mod journal;
 pub mod populate;
+pub mod remote;
 pub mod snapshot;
 
 use std::fs::File;
@@ -101,6 +102,38 @@ pub fn stop_daemon(pid: Pid) {
     while is_alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A daemon the benchmark started, stopped when dropped.
+pub struct Daemon(pub Pid);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        stop_daemon(self.0);
+    }
+}
+
+/// `ebb changes` (JSON lines); with no token, the current token.
+pub fn changes(exe: &Path, path: &Path, since: Option<&str>) -> Result<String> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("changes").arg(path).arg("--json");
+    match since {
+        Some(t) => cmd.args(["--since", t]),
+        None => cmd.arg("--token"),
+    };
+    let out = cmd.output().context("running ebb changes")?;
+    if !out.status.success() {
+        bail!(
+            "ebb changes: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8(out.stdout)?;
+    if since.is_none() {
+        let v: serde_json::Value = serde_json::from_str(text.trim())?;
+        return Ok(v["token"].as_str().context("no token")?.to_string());
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -84,8 +84,7 @@ impl Remote {
         &self.url
     }
 
-    /// Subscribe; the stream's lines follow.
-    pub async fn watch(&self, sub: &Subscription) -> Result<Stream> {
+    fn request(&self, sub: &Subscription) -> Result<Request<Empty<Bytes>>> {
         let mut query = form_urlencoded::Serializer::new(String::new());
         query.append_pair("path", &sub.path);
         if let Some(events) = &sub.events {
@@ -99,7 +98,12 @@ impl Remote {
         if let Some(secret) = &self.secret {
             req = req.header(AUTHORIZATION, format!("Bearer {secret}"));
         }
-        let req = req.body(Empty::<Bytes>::new())?;
+        Ok(req.body(Empty::<Bytes>::new())?)
+    }
+
+    /// Subscribe; the stream's lines follow.
+    pub async fn watch(&self, sub: &Subscription) -> Result<Stream> {
+        let req = self.request(sub)?;
         let tcp = timeout(
             CONNECT_TIMEOUT,
             TcpStream::connect((self.host.as_str(), self.port)),
