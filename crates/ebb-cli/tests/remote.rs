@@ -427,7 +427,7 @@ fn a_watch_resumes_across_a_server_restart_with_nothing_lost_or_repeated() {
     for i in FILES / 2..FILES {
         std::fs::write(dir.join(format!("f{i}")), b"").expect("write");
     }
-    let _second = serve_on(&env, &addr, &[]);
+    let second = serve_on(&env, &addr, &[]);
     let (lines, code) = w.finish(Duration::from_secs(60));
     assert_eq!(code, Some(0));
     let names: Vec<String> = kinds_and_paths(&env.root, &lines)
@@ -436,6 +436,29 @@ fn a_watch_resumes_across_a_server_restart_with_nothing_lost_or_repeated() {
         .collect();
     let want: Vec<String> = (0..FILES).map(|i| format!("d/f{i}")).collect();
     assert_eq!(names, want);
+
+    // A subscriber killed mid-stream (SIGKILL) and started again with the
+    // last token it printed: the rest, exactly.
+    let t = lines[0]["token"].as_str().expect("token").to_string();
+    let w = Watching::start(&second.url, &dir, &["--since", &t, "--events", "create"]);
+    let mut seen = vec![w.next(Duration::from_secs(30))];
+    seen.extend((0..99).map(|_| w.next(Duration::from_secs(30))));
+    drop(w); // SIGKILL
+    let last = seen.last().expect("lines")["token"]
+        .as_str()
+        .expect("token");
+    let rest = watch(
+        &second.url,
+        &dir,
+        &["--since", last, "--events", "create", "--idle-exit", "1"],
+    )
+    .ok();
+    seen.extend(rest.json());
+    assert_eq!(
+        seen,
+        lines[1..],
+        "killed and resumed: nothing lost or repeated"
+    );
 }
 
 /// Requirement 5, the journal's own overflow: a real kernel queue overflow
@@ -651,6 +674,21 @@ fn bad_requests_are_refused_in_one_line_and_the_server_stays_up() {
     assert!(run.stderr.contains("cannot listen"), "{}", run.stderr);
     let run = ebb([OsStr::new("serve"), env.fs.scratch().as_os_str()]).fails();
     assert!(run.stderr.contains("ebb init"), "{}", run.stderr);
+    let fresh = env.fs.scratch().join("never-served");
+    std::fs::create_dir(&fresh).expect("mkdir");
+    ebb([
+        OsStr::new("init"),
+        fresh.as_os_str(),
+        OsStr::new("--store"),
+        env.fs.scratch().join("store2").as_os_str(),
+    ])
+    .ok();
+    let run = ebb([OsStr::new("serve"), fresh.as_os_str()]).fails();
+    assert!(
+        run.stderr.contains("ebb daemon"),
+        "no journal yet: {}",
+        run.stderr
+    );
     std::fs::write(env.fs.scratch().join("short"), "abc").expect("write");
     let run = ebb([
         OsStr::new("serve"),
@@ -743,4 +781,83 @@ openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 
     // Plain HTTP to a TLS server: no answer, said so.
     let run = watch(&server.url, &env.root, &["--idle-exit", "1"]).fails();
     assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+}
+
+/// Requirement 3: a token older than the journal keeps gets an explicit
+/// "rescan" (expired), never a silent gap, then live events; and a journal
+/// made anew under a running server (its file deleted while the daemon
+/// was down) is said as "rescan" (other_journal) before its events.
+#[test]
+fn tokens_the_journal_cannot_answer_get_rescan_then_live_events() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let keep_100 = |cmd: &mut Command| {
+        cmd.env("EBB_JOURNAL_MAX_EVENTS", "100");
+    };
+    let daemon = env.start_daemon_with(keep_100, common::COMMAND_TIMEOUT);
+    let server = serve(&env, &[]);
+    let old = token(&env.root);
+    std::fs::create_dir(env.path("d")).expect("mkdir");
+    // The recorder prunes every 10 000 events.
+    for i in 0..12_000 {
+        std::fs::write(env.path(&format!("d/{i}")), b"").expect("write");
+    }
+    // The prune follows the batch that crossed the mark; a second cookie
+    // is read after it.
+    token(&env.root);
+    token(&env.root);
+    let w = Watching::start(
+        &server.url,
+        &env.root,
+        &["--since", &old, "--events", "create", "--max-events", "2"],
+    );
+    let first = w.next(Duration::from_secs(30));
+    assert_eq!(
+        (&first["kind"], &first["reason"]),
+        (&"rescan".into(), &"expired".into()),
+        "{first}"
+    );
+    std::fs::write(env.path("after"), b"").expect("write");
+    let (lines, code) = w.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        kinds_and_paths(&env.root, &lines),
+        vec![pair("created", "after")]
+    );
+
+    // A new journal under the running server.
+    let w = Watching::start(
+        &server.url,
+        &env.root,
+        &["--events", "create", "--max-events", "2"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        common::terminate(daemon, Duration::from_secs(30)),
+        "daemon stopped"
+    );
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(env.path(&format!(".ebb/journal.db{suffix}")));
+    }
+    env.start_daemon();
+    let rescan = w.next(Duration::from_secs(30));
+    assert_eq!(
+        (&rescan["kind"], &rescan["reason"]),
+        (&"rescan".into(), &"other_journal".into()),
+        "{rescan}"
+    );
+    std::fs::write(env.path("in-the-new-journal"), b"").expect("write");
+    let (lines, code) = w.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        kinds_and_paths(&env.root, &lines),
+        vec![pair("created", "in-the-new-journal")]
+    );
+    assert!(
+        !lines[0]["token"]
+            .as_str()
+            .expect("token")
+            .starts_with(old.rsplit_once(':').expect("token").0),
+        "tokens of the new journal name it"
+    );
 }

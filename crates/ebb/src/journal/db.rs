@@ -62,6 +62,12 @@ pub enum Since {
     Pruned,
 }
 
+/// A journal the daemon has made but not yet indexed the tree into: ask
+/// again in a moment.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is new: the daemon is still indexing the tree into it", .0.display())]
+pub struct StillSeeding(pub std::path::PathBuf);
+
 /// What follows a point in the journal (see [`Journal::after`]).
 #[derive(Debug)]
 pub enum After {
@@ -93,8 +99,10 @@ impl Journal {
             Some(id) => id,
             None => {
                 let id = format!("{:016x}", rand::random::<u64>());
+                // `seeding` until the tree is indexed into it (see
+                // [`Journal::seed`]): readers wait for that.
                 conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('id', ?1), ('first', '1')",
+                    "INSERT INTO meta (key, value) VALUES ('id', ?1), ('first', '1'), ('seeding', '1')",
                     params![id],
                 )?;
                 id
@@ -137,7 +145,8 @@ impl Journal {
         stat: impl Fn(&str) -> Option<Entry>,
     ) -> Result<()> {
         let now = unix_now();
-        let tx = self.conn.transaction()?;
+        // A savepoint: a transaction of its own, or part of `seed`'s.
+        let tx = self.conn.savepoint()?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (kind, is_dir, path, other, at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -211,6 +220,14 @@ impl Journal {
         let id: String = conn
             .query_row("SELECT value FROM meta WHERE key = 'id'", [], |r| r.get(0))
             .with_context(|| format!("reading the journal {}", path.display()))?;
+        let seeding: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'seeding'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if seeding.is_some() {
+            return Err(StillSeeding(path.to_path_buf()).into());
+        }
         Ok(Journal { conn, id })
     }
 
@@ -241,6 +258,28 @@ impl Journal {
         })?;
         let records = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(After::Records(records))
+    }
+
+    /// A new journal: index the tree (`changes`, all of it, as found)
+    /// and start the journal after it, in one transaction, so no reader
+    /// ever sees those as news; readers wait until this is done.
+    pub fn seed(&mut self, changes: &[Change], stat: impl Fn(&str) -> Option<Entry>) -> Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let done = self
+            .append(changes, stat)
+            .and_then(|()| self.prune(0, None))
+            .and_then(|()| {
+                self.conn
+                    .execute("DELETE FROM meta WHERE key = 'seeding'", [])?;
+                Ok(())
+            });
+        match done {
+            Ok(()) => Ok(self.conn.execute_batch("COMMIT")?),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     /// Record a gap: from here until it is repaired, changes may be
@@ -344,7 +383,7 @@ impl Journal {
         if first <= self.first_seq()? {
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         tx.execute("DELETE FROM events WHERE seq < ?1", params![first as i64])?;
         tx.execute("DELETE FROM gaps WHERE seq < ?1", params![first as i64])?;
         tx.execute(
@@ -363,7 +402,7 @@ fn unix_now() -> i64 {
 }
 
 /// A directory moved: its index entries move with it.
-fn move_prefix(tx: &rusqlite::Transaction<'_>, from: &str, to: &str) -> Result<()> {
+fn move_prefix(tx: &Connection, from: &str, to: &str) -> Result<()> {
     tx.execute(
         "UPDATE OR REPLACE entries SET path = ?3 || substr(path, ?4)
          WHERE path >= ?1 AND path < ?2",
@@ -423,6 +462,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j.db");
         let (mut j, _) = Journal::open(&path).expect("open");
+        // A new journal is not for reading until the tree is indexed in.
+        let seeding = Journal::open_reader(&path).err().expect("still seeding");
+        assert!(seeding.is::<StillSeeding>(), "{seeding:#}");
+        j.seed(&[], |_| None).expect("seed");
         j.append(&[change("a"), change("b")], |_| None)
             .expect("append");
         j.open_gap("queue overflow").expect("gap");

@@ -367,10 +367,8 @@ impl Worker {
                 from: None,
             })
             .collect();
-        self.journal.append(&changes, |p| now.get(p).copied())?;
-        // Those are not news to anyone: start the journal after them.
-        self.journal.prune(0, None)?;
-        Ok(())
+        // Those are not news to anyone: the journal starts after them.
+        self.journal.seed(&changes, |p| now.get(p).copied())
     }
 
     /// Remember every directory the crawl saw by its handle: a directory

@@ -318,7 +318,7 @@ async fn subscribe(
         )
     })?;
     let (journal, last) = journal;
-    let id = shared.tail.journal_id().to_string();
+    let id = journal.id().to_string();
     let (start, opening) = match since {
         None => (last, None),
         Some(t) if t.journal != id => (
@@ -474,6 +474,9 @@ impl Subscription {
         loop {
             // Catch up.
             loop {
+                if let Some(end) = self.follow_a_new_journal(&mut journal).await? {
+                    return Ok(end);
+                }
                 let pos = self.pos;
                 let (j, page) = tokio::task::spawn_blocking(move || {
                     let page = journal.after(pos, CATCH_UP_PAGE);
@@ -526,6 +529,7 @@ impl Subscription {
                     }
                 };
                 let batch = match batch {
+                    Ok(_) if self.shared.tail.journal_id() != self.journal_id => break,
                     Ok(b) => b,
                     Err(broadcast::error::RecvError::Lagged(_)) => break,
                     Err(broadcast::error::RecvError::Closed) => return Ok(End::Done),
@@ -541,6 +545,39 @@ impl Subscription {
                 }
             }
         }
+    }
+
+    /// The tail follows a journal made anew (the daemon started without
+    /// the old file): so does this subscription, from its start, after
+    /// telling the client that what happened in between is not known.
+    async fn follow_a_new_journal(&mut self, journal: &mut Journal) -> Result<Option<End>> {
+        if self.shared.tail.journal_id() == self.journal_id {
+            return Ok(None);
+        }
+        let db = self.shared.tail.db().to_path_buf();
+        let (fresh, start) = tokio::task::spawn_blocking(move || -> Result<(Journal, u64)> {
+            let journal = Journal::open_reader(&db)?;
+            // From its newest event: the tree as indexed into it, and
+            // whatever happened since this subscription last read, is
+            // what "not known" covers.
+            let start = journal.last_seq()?;
+            Ok((journal, start))
+        })
+        .await??;
+        let old = std::mem::replace(&mut self.journal_id, fresh.id().to_string());
+        *journal = fresh;
+        self.pos = start;
+        let mut out = Vec::new();
+        self.rescan(
+            &mut out,
+            start,
+            Reason::OtherJournal,
+            format!(
+                "the journal was made anew ({} follows {old}): changes in between are not known",
+                self.journal_id
+            ),
+        );
+        Ok(self.send(out).await.err())
     }
 
     /// Send what `events` hold for this subscription; `Some` when the
