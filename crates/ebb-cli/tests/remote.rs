@@ -619,6 +619,37 @@ fn bad_requests_are_refused_in_one_line_and_the_server_stays_up() {
     let (code, _) = raw(&addr, b"GARBAGE\r\n\r\n");
     assert_eq!(code, 400, "malformed HTTP");
 
+    // Renames across the export's edge: only the inside end is seen, as
+    // a creation or a deletion; nothing outside is named.
+    let t0 = token(&env.root);
+    std::fs::write(env.path("secret-name"), b"x").expect("write");
+    std::fs::rename(env.path("secret-name"), env.path("pub/src/in")).expect("rename");
+    std::fs::rename(env.path("pub/src/in"), env.path("other-secret")).expect("rename");
+    let run = Command::new(EBB)
+        .args([
+            "watch",
+            "--remote",
+            &url,
+            &src,
+            "--json",
+            "--idle-exit",
+            "1",
+        ])
+        .args(["--since", &t0, "--token-file"])
+        .arg(&secret_file)
+        .output()
+        .expect("ebb watch");
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(!out.contains("secret"), "{out}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(
+        kinds_and_paths(&env.root, &lines),
+        vec![pair("created", "pub/src/in"), pair("deleted", "pub/src/in")]
+    );
+
     // The CLI says the server's reason in one line.
     let run = watch(&url, &env.path("pub/src"), &[]).fails();
     assert!(run.stderr.contains("auth token"), "{}", run.stderr);

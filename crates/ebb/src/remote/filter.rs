@@ -93,6 +93,45 @@ impl Filter {
     }
 }
 
+/// What a subscriber of an export sees of a change.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen<'a> {
+    Whole(&'a Change),
+    /// A rename across the export's edge: the creation (moved in) or the
+    /// deletion (moved out) of its inside end; the outside end is not the
+    /// subscriber's to see.
+    Part(Change),
+    /// Nothing of it is inside the export.
+    Nothing,
+}
+
+/// What of `change` is visible from `export` (relative to the tree's
+/// root; "" for all of it).
+pub fn seen_from<'a>(export: &str, change: &'a Change) -> Seen<'a> {
+    if export.is_empty() {
+        return Seen::Whole(change);
+    }
+    let inside = |p: &str| under(p, export);
+    let part = |kind, path: &str| {
+        Seen::Part(Change {
+            kind,
+            is_dir: change.is_dir,
+            path: path.to_string(),
+            from: None,
+        })
+    };
+    match (&change.from, change.kind) {
+        (Some(from), Kind::Renamed) => match (inside(from), inside(&change.path)) {
+            (true, true) => Seen::Whole(change),
+            (true, false) => part(Kind::Deleted, from),
+            (false, true) => part(Kind::Created, &change.path),
+            (false, false) => Seen::Nothing,
+        },
+        _ if inside(&change.path) => Seen::Whole(change),
+        _ => Seen::Nothing,
+    }
+}
+
 /// Where a subscriber asked to watch, once checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Watched {
@@ -246,6 +285,25 @@ mod tests {
             whole.judge(&change(Kind::Deleted, "a", None, true)),
             Verdict::Send
         );
+    }
+
+    #[test]
+    fn a_rename_across_the_exports_edge_shows_only_its_inside_end() {
+        let moved = |from: &str, to: &str| change(Kind::Renamed, to, Some(from), false);
+        let inside = moved("pub/a", "pub/b");
+        assert_eq!(seen_from("pub", &inside), Seen::Whole(&inside));
+        assert_eq!(seen_from("", &inside), Seen::Whole(&inside));
+        assert_eq!(
+            seen_from("pub", &moved("secret/x", "pub/x")),
+            Seen::Part(change(Kind::Created, "pub/x", None, false))
+        );
+        assert_eq!(
+            seen_from("pub", &moved("pub/x", "secret/x")),
+            Seen::Part(change(Kind::Deleted, "pub/x", None, false))
+        );
+        assert_eq!(seen_from("pub", &moved("a", "b")), Seen::Nothing);
+        let outside = change(Kind::Created, "secret/y", None, false);
+        assert_eq!(seen_from("pub", &outside), Seen::Nothing);
     }
 
     #[test]

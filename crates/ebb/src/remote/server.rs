@@ -8,6 +8,7 @@
 //! the tail or another subscriber: the only thing that waits on a
 //! subscriber's socket is its own task, and only for so long.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify, Semaphore};
 use tokio::time::timeout;
 
-use super::filter::{self, Filter, Verdict, Watched};
+use super::filter::{self, Filter, Seen, Verdict, Watched};
 use super::tail::Tail;
 use super::{Line, Reason, WATCH_PATH};
 use crate::journal::db::{After, Journal};
@@ -86,6 +87,8 @@ impl Config {
 struct Shared {
     config: Config,
     tree_root: PathBuf,
+    /// The export, relative to the tree's root ("" for all of it).
+    export_prefix: String,
     tail: Tail,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -125,6 +128,10 @@ impl Server {
             listener,
             shared: Arc::new(Shared {
                 tree_root: tree.root().to_path_buf(),
+                export_prefix: tree
+                    .relative(&config.export)?
+                    .to_string_lossy()
+                    .into_owned(),
                 config,
                 tail,
                 tls,
@@ -601,17 +608,26 @@ impl Subscription {
                 );
                 continue;
             }
-            match self.filter.judge(change) {
-                Verdict::Skip => {}
-                Verdict::Send => self.change(&mut out, pos, change),
-                Verdict::Ends { send } => {
-                    if send {
-                        self.change(&mut out, pos, change);
+            // Judged as the export shows it: nothing outside it leaks.
+            let (verdict, shown) = match filter::seen_from(&self.shared.export_prefix, change) {
+                Seen::Whole(c) => (self.filter.judge(c), Some(Cow::Borrowed(c))),
+                Seen::Part(c) => (self.filter.judge(&c), Some(Cow::Owned(c))),
+                Seen::Nothing => match self.filter.judge(change) {
+                    Verdict::Ends { .. } => (Verdict::Ends { send: false }, None),
+                    _ => (Verdict::Skip, None),
+                },
+            };
+            match (verdict, shown.as_deref()) {
+                (Verdict::Send, Some(c)) => self.change(&mut out, pos, c),
+                (Verdict::Ends { send }, shown) => {
+                    if let (true, Some(c)) = (send, shown) {
+                        self.change(&mut out, pos, c);
                     }
-                    self.gone(&mut out, pos, change);
+                    self.gone(&mut out, pos, shown);
                     gone = true;
                     break;
                 }
+                _ => {}
             }
         }
         if let Err(end) = self.send(out).await {
@@ -681,14 +697,33 @@ impl Subscription {
         );
     }
 
-    fn gone(&self, out: &mut Vec<u8>, seq: u64, change: &Change) {
-        let how = match &change.from {
-            Some(from) => format!(
-                "moved away ({} is now {})",
-                self.absolute(from),
-                self.absolute(&change.path)
+    /// The last line: the watched path went, by `change` (as the export
+    /// shows it; `None`: a directory above it moved outside the export).
+    fn gone(&self, out: &mut Vec<u8>, seq: u64, change: Option<&Change>) {
+        let (how, reason) = match change {
+            Some(Change {
+                from: Some(from),
+                path,
+                ..
+            }) => (
+                format!(
+                    "moved away ({} is now {})",
+                    self.absolute(from),
+                    self.absolute(path)
+                ),
+                "renamed",
             ),
-            None => format!("{} was deleted", self.absolute(&change.path)),
+            Some(c) => (
+                format!(
+                    "{} was deleted (or moved out of the export)",
+                    self.absolute(&c.path)
+                ),
+                "deleted",
+            ),
+            None => (
+                "a directory above it was moved out of the export".into(),
+                "renamed",
+            ),
         };
         self.write(
             out,
@@ -698,14 +733,7 @@ impl Subscription {
                 is_dir: self.watched.is_dir,
                 token: self.token(seq),
                 from: None,
-                reason: Some(
-                    if change.kind == Kind::Deleted {
-                        "deleted"
-                    } else {
-                        "renamed"
-                    }
-                    .into(),
-                ),
+                reason: Some(reason.into()),
                 detail: Some(format!(
                     "the watched path is gone: {how}; the subscription ends"
                 )),
