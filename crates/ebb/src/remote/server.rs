@@ -259,12 +259,14 @@ async fn answer(
     }
 }
 
-/// Check a request and start its subscription.
-async fn subscribe(
-    shared: &Arc<Shared>,
-    kill: Arc<Notify>,
-    req: &Request<Incoming>,
-) -> Result<Lines, Refusal> {
+/// A request, checked: what to watch, which kinds, from where.
+struct Ask {
+    watched: Watched,
+    filter: Filter,
+    since: Option<Token>,
+}
+
+fn read_request(shared: &Shared, req: &Request<Incoming>) -> Result<Ask, Refusal> {
     let bad = |m: String| Refusal(StatusCode::BAD_REQUEST, m);
     if req.uri().path() != WATCH_PATH {
         return Err(Refusal(
@@ -301,30 +303,46 @@ async fn subscribe(
     let watched = filter::check_path(&shared.tree_root, &shared.config.export, &path)
         .map_err(|m| Refusal(StatusCode::FORBIDDEN, m))?;
     let filter = Filter::new(watched.prefix.clone(), events.as_deref()).map_err(bad)?;
-    let since: Option<Token> = since
-        .map(|t| t.parse())
+    let since = since
+        .map(|t| t.parse::<Token>())
         .transpose()
-        .map_err(|e: anyhow::Error| bad(format!("{e:#}")))?;
+        .map_err(|e| bad(format!("{e:#}")))?;
+    Ok(Ask {
+        watched,
+        filter,
+        since,
+    })
+}
 
+/// Check a request and start its subscription.
+async fn subscribe(
+    shared: &Arc<Shared>,
+    kill: Arc<Notify>,
+    req: &Request<Incoming>,
+) -> Result<Lines, Refusal> {
+    let Ask {
+        watched,
+        filter,
+        since,
+    } = read_request(shared, req)?;
     let db = shared.tail.db().to_path_buf();
     // Subscribe to the live feed before reading where the journal is, so
     // that nothing falls between the two.
     let live = shared.tail.subscribe();
-    let journal = tokio::task::spawn_blocking(move || -> Result<(Journal, u64)> {
+    let opened = tokio::task::spawn_blocking(move || -> Result<(Journal, u64)> {
         let journal = Journal::open_reader(&db)?;
         let last = journal.last_seq()?;
         Ok((journal, last))
     })
     .await
-    .map_err(|e| anyhow::anyhow!("{e}"))
-    .and_then(|r| r)
-    .map_err(|e| {
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r);
+    let (journal, last) = opened.map_err(|e| {
         Refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the journal cannot be read: {e:#}"),
         )
     })?;
-    let (journal, last) = journal;
     let id = journal.id().to_string();
     let (start, opening) = match since {
         None => (last, None),
@@ -333,7 +351,10 @@ async fn subscribe(
             Some((Reason::OtherJournal, format!("{t} is from another journal (this one is {id}): it was recreated, or the token is another tree's"))),
         ),
         Some(t) if t.seq > last => {
-            return Err(bad(format!("{t} is ahead of this journal (its newest event is {last})")))
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                format!("{t} is ahead of this journal (its newest event is {last})"),
+            ))
         }
         Some(t) => (t.seq, None),
     };
