@@ -98,7 +98,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     // Silenced before the catalog is opened: a kept group already waits
     // for answers, and the daemon must not wait on its own reads. Again
     // after, for files the catalog creates now (a first start).
-    silence_own_files(&group, tree)?;
+    silence_own_files(&group, tree, WATCHED)?;
     let mut catalog = tree.catalog()?;
     catalog.count_files()?;
     // Its marker too, should the store share the tree's filesystem.
@@ -110,7 +110,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     let store = tree.store()?;
     // The journal's database too (made now if new): its recorder writes it.
     crate::journal::db::Journal::open(&tree.state_dir().join("journal.db"))?;
-    silence_own_files(&group, tree)?;
+    silence_own_files(&group, tree, WATCHED)?;
     group
         .mark_filesystem(tree.root(), WATCHED)
         .with_context(|| {
@@ -244,10 +244,11 @@ enum Stopped {
     HandedOver,
 }
 
-/// Put non-evictable ignore marks on the files in `.ebb/`: the daemon reads
-/// and writes them itself and must never wait on its own events. Marked by
-/// path: opening the catalog here would drop SQLite's locks on it.
-fn silence_own_files(group: &Group, tree: &Tree) -> Result<()> {
+/// Put non-evictable ignore marks (for `mask`) on the files in `.ebb/`:
+/// the daemon reads and writes them itself and must never wait on its own
+/// events, nor record them. Marked by path: opening the catalog here would
+/// drop SQLite's locks on it.
+pub fn silence_own_files(group: &Group, tree: &Tree, mask: u64) -> Result<()> {
     let dir = tree.state_dir();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry?;
@@ -255,7 +256,7 @@ fn silence_own_files(group: &Group, tree: &Tree) -> Result<()> {
             continue;
         }
         group
-            .add_ignore_path(&entry.path(), WATCHED, false)
+            .add_ignore_path(&entry.path(), mask, false)
             .with_context(|| format!("silencing {}", entry.path().display()))?;
     }
     Ok(())

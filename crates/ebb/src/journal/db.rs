@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS entries (
     mtime INTEGER NOT NULL,
     ctime INTEGER NOT NULL,
     mode  INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 ";
 
 /// An open journal.
@@ -160,7 +160,9 @@ impl Journal {
             // Each event in order; the index once per path, as it is now
             // (a file made, written and renamed in one batch costs two
             // index writes, not five).
-            let mut touched: Vec<&str> = Vec::with_capacity(changes.len() + 8);
+            // Each path touched, and whether its last change took it away
+            // (then it needs no stat: a lookup of a missing name is slow).
+            let mut touched: HashMap<&str, bool> = HashMap::with_capacity(changes.len() + 8);
             for c in changes {
                 insert.execute(params![c.kind as i64, c.is_dir, c.path, c.from, now])?;
                 match (c.kind, c.is_dir, &c.from) {
@@ -173,13 +175,13 @@ impl Journal {
                     }
                     _ => {}
                 }
-                touched.push(&c.path);
-                touched.extend(c.from.as_deref());
+                touched.insert(&c.path, c.kind == Kind::Deleted);
+                if let Some(from) = &c.from {
+                    touched.insert(from, true);
+                }
             }
-            touched.sort_unstable();
-            touched.dedup();
-            for path in touched {
-                match stat(path) {
+            for (path, gone) in touched {
+                match if gone { None } else { stat(path) } {
                     Some(e) => {
                         upsert.execute(params![
                             path,

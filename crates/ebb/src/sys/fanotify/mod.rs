@@ -317,7 +317,7 @@ impl Group {
     /// Read the events that are ready into `buf` and parse them. Returns an
     /// empty list when a non-blocking group has nothing (`EAGAIN`).
     pub fn read_events(&self, buf: &mut EventBuffer) -> io::Result<Vec<Event>> {
-        self.read_into(buf.bytes_mut())
+        self.read_raw(buf.bytes_mut())
     }
 
     /// Like [`Group::read_events`], but the kernel writes the events into
@@ -333,6 +333,11 @@ impl Group {
             ));
         }
         buf.fill(0);
+        self.read_raw(buf)
+    }
+
+    /// One `read(2)` of the events that are ready into `buf`, parsed.
+    fn read_raw(&self, buf: &mut [u8]) -> io::Result<Vec<Event>> {
         // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
