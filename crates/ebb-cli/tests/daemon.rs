@@ -134,3 +134,54 @@ fn background_returns_once_serving() {
     assert_eq!(line["root"], env.root.display().to_string(), "{line}");
     assert_reads(&path, &data);
 }
+
+/// A tree with nothing archived is not marked for pre-content events: new
+/// files' first writes cost no round trip to the daemon. The first release
+/// marks it (through the daemon, or through the keeper's group while the
+/// daemon is down: a reader then waits for the next daemon, never reads
+/// zeros), and a restart with archived files marks it from the start.
+#[test]
+fn a_tree_that_tiers_nothing_raises_no_events_until_a_file_is_released() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    env.start_daemon();
+    for i in 0..20 {
+        write_file(&env.path(&format!("new{i}")), b"fresh content");
+        assert_reads(&env.path(&format!("new{i}")), b"fresh content");
+    }
+    let s = env.stats();
+    assert_eq!(stat_u64(&s, "allowed"), 0, "no event without a mark: {s}");
+
+    let data = random_bytes(MIB + 3);
+    let (path, _) = env.released_file("cold.bin", &data);
+    assert_reads(&path, &data);
+    let s = env.stats();
+    assert!(
+        stat_u64(&s, "allowed") > 0,
+        "the release marked the tree: {s}"
+    );
+
+    // Daemon killed in a tree not marked yet; a file released meanwhile
+    // (through the keeper's group) is waited for, then served.
+    let fresh = Env::new(300);
+    let pid = fresh.start_daemon();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("SIGKILL");
+    std::thread::sleep(Duration::from_millis(300));
+    let (cold, _) = fresh.released_file("cold.bin", &data);
+    let mut reader = KillOnDrop::spawn(
+        Command::new("cat")
+            .arg(&cold)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        reader.0.try_wait().expect("wait").is_none(),
+        "the reader waits for a daemon instead of reading zeros"
+    );
+    fresh.start_daemon();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut reader.0.stdout.take().expect("piped"), &mut got)
+        .expect("read");
+    assert_same(&got, &data, "read across the restart");
+}

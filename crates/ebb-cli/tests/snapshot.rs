@@ -110,6 +110,63 @@ fn snapshot(src: &Path, dst: &Path, more: &[&str]) -> Run {
     ebb(args)
 }
 
+/// `"mark_at_start": true` in the tree's config, as an admin would set it.
+fn mark_at_start(env: &Env) {
+    let path = env.path(".ebb/config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+    config["mark_at_start"] = true.into();
+    std::fs::write(&path, config.to_string()).expect("config");
+}
+
+/// A tree with nothing archived or tracked is not watched until its first
+/// snapshot: a writer that opened the file before then cannot be seen, and
+/// is refused with the way out; once tracked (or with `mark_at_start`), the
+/// daemon watches from its start.
+#[test]
+fn a_writer_older_than_the_mark_is_refused_with_the_way_out() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    env.start_daemon();
+    let src = env.path("vm.img");
+    std::fs::write(&src, vec![7u8; 1 << 20]).expect("write");
+    let mut writer = common::KillOnDrop::spawn(
+        Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<>\"$1\"; exec sleep 60")
+            .arg("sh")
+            .arg(&src),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let run = snapshot(&src, &env.path("vm.img@1"), &[]).fails();
+    assert!(run.stderr.contains("mark_at_start"), "{}", run.stderr);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    // Tracked: a restarted daemon watches from its start; a writer started
+    // after it is seen.
+    let _ = writer.0.kill();
+    ebb([
+        OsStr::new("track"),
+        src.as_os_str(),
+        OsStr::new("--owner"),
+        OsStr::new("backup"),
+    ])
+    .ok();
+    assert!(env.stop_daemons());
+    env.start_daemon();
+    // Past the clock tick (10 ms) the mark went in: a process started in
+    // that tick may predate it, and is refused.
+    std::thread::sleep(Duration::from_millis(30));
+    let _writer = common::KillOnDrop::spawn(
+        Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<>\"$1\"; exec sleep 60")
+            .arg("sh")
+            .arg(&src),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    snapshot(&src, &env.path("vm.img@2"), &[]).ok();
+}
+
 fn kill9(pid: i32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -214,6 +271,9 @@ fn a_snapshot_is_the_file_at_its_instant_while_a_writer_keeps_writing() {
     ebb::require_root!();
     const BLOCKS: u64 = 16384; // 64 MiB, 8192 extents, 128 units
     let env = Env::new(400);
+    // Nothing archived or tracked: the daemon watches from its start only
+    // when told to (see the next test).
+    mark_at_start(&env);
     env.start_daemon_with(
         |cmd| {
             cmd.env("EBB_TEST_SNAPSHOT_THROTTLE_MS", "4");
@@ -227,21 +287,23 @@ fn a_snapshot_is_the_file_at_its_instant_while_a_writer_keeps_writing() {
     // before might hold fds that predate the mark, and is refused).
     let stop = env.fs.scratch().join("stop");
     let log_path = env.fs.scratch().join("writes");
-    let mut writer = std::process::Command::new(common::PYTHON)
-        .arg("-c")
-        .arg(WRITER)
-        .arg(&src)
-        .arg(BLOCKS.to_string())
-        .arg(&stop)
-        .arg(&log_path)
-        .spawn()
-        .expect("python3 writer");
+    // Killed if the test fails before it is told to stop (it keeps a log
+    // of every write in memory).
+    let mut writer = common::KillOnDrop::spawn(
+        std::process::Command::new(common::PYTHON)
+            .arg("-c")
+            .arg(WRITER)
+            .arg(&src)
+            .arg(BLOCKS.to_string())
+            .arg(&stop)
+            .arg(&log_path),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let dst = env.path("db.img@1");
     let done = snapshot(&src, &dst, &[]).ok().json1();
     std::thread::sleep(Duration::from_millis(100));
     std::fs::write(&stop, b"").unwrap();
-    assert!(writer.wait().expect("writer").success());
+    assert!(writer.0.wait().expect("writer").success());
     let log: Vec<(u64, u64, u64, u64)> = std::fs::read_to_string(&log_path)
         .expect("the writer's log")
         .lines()

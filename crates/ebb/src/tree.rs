@@ -33,6 +33,13 @@ pub struct Config {
     /// ... and none older than this many days (default: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal_max_age_days: Option<u64>,
+    /// Mark the filesystem for pre-content events as soon as the daemon
+    /// starts, even with nothing archived or tracked yet (default: only
+    /// then, or at the first release or snapshot). Costs every new file's
+    /// first write a round trip to the daemon; lets the first `ebb
+    /// snapshot` of a file see writers that opened it before it was asked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mark_at_start: bool,
 }
 
 /// An initialised managed tree.
@@ -75,15 +82,24 @@ impl Tree {
             id: hex::encode(rand::random::<[u8; 8]>()),
             store: std::fs::canonicalize(&store)?,
             journal_max_events: None,
+            mark_at_start: false,
             journal_max_age_days: None,
         };
-        write_atomically(
-            &state.join(CONFIG_FILE),
-            &serde_json::to_vec_pretty(&config)?,
-        )?;
-        let tree = Tree { root, config };
+        let mut tree = Tree { root, config };
+        tree.set_config(tree.config.clone())?;
         tree.catalog()?;
         Ok(tree)
+    }
+
+    /// Replace the tree's configuration (written atomically; a running
+    /// daemon reads it when it starts).
+    pub fn set_config(&mut self, config: Config) -> Result<()> {
+        write_atomically(
+            &self.state_dir().join(CONFIG_FILE),
+            &serde_json::to_vec_pretty(&config)?,
+        )?;
+        self.config = config;
+        Ok(())
     }
 
     /// The managed tree that holds `path` (which need not exist itself, but

@@ -78,7 +78,13 @@ pub fn run(opts: &Options) -> Result<Report> {
     let fs = LoopFs::new(opts.fs, (opts.size >> 20) * 3 + 400)?;
     let root = fs.path().join("tree");
     std::fs::create_dir(&root)?;
-    Tree::init(&root, Some(&fs.scratch().join("store")))?;
+    let mut tree = Tree::init(&root, Some(&fs.scratch().join("store")))?;
+    // The image is opened by its writer before the first snapshot, as a
+    // running VM's would be: the daemon must watch from its start.
+    tree.set_config(crate::tree::Config {
+        mark_at_start: true,
+        ..tree.config().clone()
+    })?;
     let path = root.join("vm.img");
     write_fragmented(&path, opts.size, |at| (at >> 12) as u8 ^ 0x5a)?;
     let extents = crate::sys::extents::fiemap(File::open(&path)?.as_fd(), 0, u64::MAX)?.len();

@@ -53,6 +53,14 @@ impl Catalog {
         })
     }
 
+    /// How many files are tracked.
+    pub fn count_tracked(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM tracking", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     /// The tracking of `handle`, if any.
     pub fn tracking(&self, handle: &FileHandle) -> Result<Option<Tracking>> {
         tracking_row(&self.conn, handle)

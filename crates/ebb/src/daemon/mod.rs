@@ -15,6 +15,7 @@
 
 pub mod control;
 mod fill;
+mod mark;
 mod populate;
 mod snapshots;
 
@@ -92,7 +93,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
         fills,
         pending,
         interrupted,
-        ..
+        fresh,
     } = kept;
     let fills = Arc::new(fills);
     // Silenced before the catalog is opened: a kept group already waits
@@ -111,14 +112,13 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     // The journal's database too (made now if new): its recorder writes it.
     crate::journal::db::Journal::open(&tree.state_dir().join("journal.db"))?;
     silence_own_files(&group, tree, WATCHED)?;
-    group
-        .mark_filesystem(tree.root(), WATCHED)
-        .with_context(|| {
-            format!(
-                "marking the filesystem of {} for pre-content events (it must support them: XFS, btrfs, ext4)",
-                tree.root().display()
-            )
-        })?;
+    // Archived files may be released, tracked ones snapshotted: serve from
+    // the start. A tree with neither is marked when it releases a file or
+    // takes a snapshot (see `mark`).
+    let mut fs_mark = mark::FsMark::recall(tree, fresh);
+    if tree.config().mark_at_start || catalog.count_files()? > 0 || catalog.count_tracked()? > 0 {
+        fs_mark.place(&group)?;
+    }
 
     let wake = Arc::new(EventFd::from_value_and_flags(
         0,
@@ -198,7 +198,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
             })
         })?;
 
-    let mut populator = Populator::new(group, table, catalog, job_tx, ahead_tx, snapshots);
+    let mut populator = Populator::new(group, fs_mark, table, catalog, job_tx, ahead_tx, snapshots);
     tracing::info!(
         "serving {} (store: {}, pid {})",
         tree.root().display(),
@@ -214,7 +214,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
         snapshots: snap_rx,
         journal: recorder,
     };
-    let result = event_loop(tree, &mut populator, &sigfd, &wake, &channels);
+    let result = event_loop(&mut populator, &sigfd, &wake, &channels);
     let _ = std::fs::remove_file(&socket);
     match &result {
         // A clean stop: nothing is pending, so the group may close; the
@@ -272,7 +272,6 @@ struct Channels {
 }
 
 fn event_loop(
-    tree: &Tree,
     populator: &mut Populator,
     sigfd: &SignalFd,
     wake: &EventFd,
@@ -305,9 +304,7 @@ fn event_loop(
                 );
                 stopping = true;
                 // No new events from here on; the queued ones are served.
-                if let Err(e) = populator.group().unmark_filesystem(tree.root(), WATCHED) {
-                    tracing::warn!("removing the filesystem mark: {e}");
-                }
+                populator.lift_mark();
             }
         }
         let mut queue_empty = true;
@@ -371,7 +368,7 @@ fn serve_request(
         Request::Stats => serde_json::to_value(populator.stats()).map_err(|e| e.to_string()),
         Request::Snapshot(req) => {
             // Answered once prepared (off the loop) and started.
-            populator.snapshots.request(req, incoming.reply);
+            populator.request_snapshot(req, incoming.reply);
             return;
         }
         Request::SnapshotStatus { dst } => populator.snapshots.status(&dst),

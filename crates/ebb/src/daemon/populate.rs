@@ -26,6 +26,7 @@ use anyhow::{Context, Result};
 use crossbeam_channel::Sender;
 
 use super::fill::FillJob;
+use super::mark::FsMark;
 use super::snapshots::Snapshots;
 use crate::catalog::{Catalog, FileId, FileRecord, Residency, StatSnap};
 use crate::failover::inflight::InflightTable;
@@ -108,6 +109,8 @@ struct Waiting {
 /// The daemon's loop state.
 pub struct Populator {
     group: Group,
+    /// The filesystem mark: placed once there is something to serve.
+    mark: FsMark,
     /// Every permission event read and not answered, in shared memory the
     /// keeper holds (see `failover::inflight`).
     table: InflightTable,
@@ -128,8 +131,10 @@ pub struct Populator {
 }
 
 impl Populator {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         group: Group,
+        mark: FsMark,
         table: InflightTable,
         catalog: Catalog,
         jobs: Sender<FillJob>,
@@ -138,6 +143,7 @@ impl Populator {
     ) -> Populator {
         Populator {
             group,
+            mark,
             table,
             catalog,
             own_pid: i32::try_from(std::process::id()).unwrap_or(-1),
@@ -616,6 +622,10 @@ impl Populator {
         if self.snapshots.is_source(&handle) {
             anyhow::bail!("a snapshot of it is being taken; release it once the snapshot is done");
         }
+        // A stub is about to exist: from here on it must be served. (Its
+        // releaser holds a write lease: no descriptor opened before the
+        // mark is left on it.)
+        self.mark.place(&self.group)?;
         self.group
             .remove_ignore(file.as_fd(), WATCHED)
             .context("removing the ignore mark")?;
@@ -623,6 +633,27 @@ impl Populator {
             self.stubs.remove(&id);
         }
         Ok(())
+    }
+
+    /// A snapshot asked for: copy-before-write needs the mark in place
+    /// before the writers are checked, and writers that opened the source
+    /// before it went in cannot be seen.
+    pub fn request_snapshot(
+        &mut self,
+        req: crate::snapshot::start::Request,
+        reply: Sender<std::result::Result<serde_json::Value, String>>,
+    ) {
+        match self.mark.place(&self.group) {
+            Ok(since) => self.snapshots.request(req, since, reply),
+            Err(e) => {
+                let _ = reply.send(Err(format!("{e:#}")));
+            }
+        }
+    }
+
+    /// Stop raising events (a clean stop).
+    pub fn lift_mark(&mut self) {
+        self.mark.lift(&self.group);
     }
 
     /// Start a prepared snapshot: its point in time is now.

@@ -170,7 +170,15 @@ impl Snapshots {
     }
 
     /// `ebb snapshot`: start one, or report on the one to `req.dst`.
-    pub fn request(&mut self, req: start::Request, reply: Sender<Result<Value, String>>) {
+    /// `marked_since`: when the filesystem mark went in (writers that
+    /// opened the source before then, or before the keeper started, are
+    /// not seen).
+    pub fn request(
+        &mut self,
+        req: start::Request,
+        marked_since: u64,
+        reply: Sender<Result<Value, String>>,
+    ) {
         if let Some(result) = self.take_finished(&req.dst) {
             let _ = reply.send(result);
             return;
@@ -188,7 +196,7 @@ impl Snapshots {
         }
         let (root, since, msgs, poke) = (
             self.root.clone(),
-            self.keeper_start,
+            self.keeper_start.max(marked_since),
             self.msgs.clone(),
             self.poke.clone(),
         );

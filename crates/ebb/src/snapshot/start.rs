@@ -54,7 +54,7 @@ pub fn prepare(root: &Path, req: Request, keeper_start: u64) -> Result<Prepared>
         );
     }
     check_destination(src, &meta, dst, req.force)?;
-    refuse_unseen_writers(src, &meta, keeper_start)?;
+    refuse_unseen_writers(root, src, &meta, keeper_start)?;
 
     let plain = File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let (handle, _) = handle_of(plain.as_fd())?;
@@ -124,7 +124,12 @@ fn check_destination(src: &Path, meta: &std::fs::Metadata, dst: &Path, force: bo
 }
 
 /// Refuse writers whose writes ebb could not hold back (see `users`).
-fn refuse_unseen_writers(src: &Path, meta: &std::fs::Metadata, keeper_start: u64) -> Result<()> {
+fn refuse_unseen_writers(
+    root: &Path,
+    src: &Path,
+    meta: &std::fs::Metadata,
+    keeper_start: u64,
+) -> Result<()> {
     let (dev, ino) = (meta.dev(), meta.ino());
     if let Some(p) = users::shared_writable_mappers(dev, ino).first() {
         bail!(
@@ -134,8 +139,9 @@ fn refuse_unseen_writers(src: &Path, meta: &std::fs::Metadata, keeper_start: u64
     }
     if let Some(p) = users::old_writers(dev, ino, keeper_start).first() {
         bail!(
-            "{p} has had {} open for writing since before ebb watched its filesystem: its writes cannot be held back; reopen the file in it (or restart it) and retry",
-            src.display()
+            "{p} has had {} open for writing since before ebb watched its filesystem: its writes cannot be held back; reopen the file in it (or restart it) and retry (with \"mark_at_start\": true in {}/.ebb/config.json, or once the file is tracked, the daemon watches from its start)",
+            src.display(),
+            root.display()
         );
     }
     Ok(())

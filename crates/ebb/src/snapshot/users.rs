@@ -43,6 +43,13 @@ pub fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Now, in the unit of [`start_time`]: clock ticks since boot.
+pub fn now_ticks() -> std::io::Result<u64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)?;
+    // /proc reports start times in USER_HZ, 100 on every Linux ABI.
+    Ok(now.tv_sec() as u64 * 100 + now.tv_nsec() as u64 / 10_000_000)
+}
+
 /// Processes with a shared, writable mapping of the file `(dev, ino)`: their
 /// stores through it raise no event ebb could hold back.
 pub fn shared_writable_mappers(dev: u64, ino: u64) -> Vec<Proc> {
@@ -208,6 +215,11 @@ mod tests {
         let me = std::process::id();
         assert!(may_write(me, meta.dev(), meta.ino()));
         let started = start_time(me).expect("own start time");
+        let now = now_ticks().expect("now");
+        assert!(
+            started <= now && now < started + 100 * 3600,
+            "{started} vs {now}"
+        );
         assert!(old_writers(meta.dev(), meta.ino(), started).is_empty());
         let seen = old_writers(meta.dev(), meta.ino(), started + 1);
         assert!(seen.iter().any(|p| p.pid == me), "{seen:?}");
