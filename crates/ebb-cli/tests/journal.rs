@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ebb, Env, Run};
+use common::{ebb, token, Env, Run};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
@@ -22,17 +22,6 @@ fn changes(path: &Path, since: &str) -> Run {
         path.as_os_str(),
         OsStr::new("--json"),
     ])
-}
-
-fn token(path: &Path) -> String {
-    let out = ebb([
-        OsStr::new("changes"),
-        OsStr::new("--token"),
-        path.as_os_str(),
-        OsStr::new("--json"),
-    ])
-    .ok();
-    out.json1()["token"].as_str().expect("token").to_string()
 }
 
 /// (path relative to `root`, kind) of each changed path; the token last.

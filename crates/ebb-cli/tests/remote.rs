@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{ebb, Env, KillOnDrop, Run, EBB};
+use common::{ebb, token, Env, KillOnDrop, Run, EBB};
 use serde_json::Value;
 
 /// `ebb serve ROOT --listen ADDR ARGS…`, running until dropped.
@@ -51,17 +51,6 @@ fn serve_on(env: &Env, listen: &str, args: &[&OsStr]) -> Serve {
 
 fn serve(env: &Env, args: &[&OsStr]) -> Serve {
     serve_on(env, "127.0.0.1:0", args)
-}
-
-fn token(path: &Path) -> String {
-    let out = ebb([
-        OsStr::new("changes"),
-        OsStr::new("--token"),
-        path.as_os_str(),
-        OsStr::new("--json"),
-    ])
-    .ok();
-    out.json1()["token"].as_str().expect("token").to_string()
 }
 
 /// `ebb watch --remote URL PATH --json ARGS…` to completion.
@@ -145,6 +134,14 @@ fn kinds_and_paths(root: &Path, lines: &[Value]) -> Vec<(String, String)> {
             (v["kind"].as_str().expect("kind").to_string(), rel)
         })
         .collect()
+}
+
+fn assert_rescan(line: &Value, reason: &str) {
+    assert_eq!(
+        (line["kind"].as_str(), line["reason"].as_str()),
+        (Some("rescan"), Some(reason)),
+        "{line}"
+    );
 }
 
 fn seq_of(v: &Value) -> u64 {
@@ -378,8 +375,7 @@ fn a_subscriber_that_stops_reading_is_told_to_rescan_and_holds_up_no_one() {
     let (mut lines, code) = slow.finish(Duration::from_secs(60));
     assert_eq!(code, Some(3), "exit status 3: told to rescan");
     let rescan = lines.pop().expect("a last line");
-    assert_eq!(rescan["kind"], "rescan", "{rescan}");
-    assert_eq!(rescan["reason"], "slow", "{rescan}");
+    assert_rescan(&rescan, "slow");
     let got: Vec<Value> = lines
         .into_iter()
         .filter(|v| v["kind"] == "renamed")
@@ -495,7 +491,7 @@ fn the_journals_own_overflow_reaches_subscribers_as_rescan() {
         .iter()
         .position(|v| v["kind"] == "rescan")
         .expect("a rescan line");
-    assert_eq!(lines[rescan]["reason"], "gap");
+    assert_rescan(&lines[rescan], "gap");
     let created: std::collections::BTreeSet<&str> = lines
         .iter()
         .filter(|v| v["kind"] == "created")
@@ -843,11 +839,7 @@ fn tokens_the_journal_cannot_answer_get_rescan_then_live_events() {
         &["--since", &old, "--events", "create", "--max-events", "2"],
     );
     let first = w.next(Duration::from_secs(30));
-    assert_eq!(
-        (&first["kind"], &first["reason"]),
-        (&"rescan".into(), &"expired".into()),
-        "{first}"
-    );
+    assert_rescan(&first, "expired");
     std::fs::write(env.path("after"), b"").expect("write");
     let (lines, code) = w.finish(Duration::from_secs(30));
     assert_eq!(code, Some(0));
@@ -872,11 +864,7 @@ fn tokens_the_journal_cannot_answer_get_rescan_then_live_events() {
     }
     env.start_daemon();
     let rescan = w.next(Duration::from_secs(30));
-    assert_eq!(
-        (&rescan["kind"], &rescan["reason"]),
-        (&"rescan".into(), &"other_journal".into()),
-        "{rescan}"
-    );
+    assert_rescan(&rescan, "other_journal");
     std::fs::write(env.path("in-the-new-journal"), b"").expect("write");
     let (lines, code) = w.finish(Duration::from_secs(60));
     assert_eq!(code, Some(0));

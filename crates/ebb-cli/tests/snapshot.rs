@@ -119,6 +119,17 @@ fn mark_at_start(env: &Env) {
     std::fs::write(&path, config.to_string()).expect("config");
 }
 
+/// A process holding `path` open for writing (and doing nothing else).
+fn hold_open_for_writing(path: &Path) -> common::KillOnDrop {
+    common::KillOnDrop::spawn(
+        Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<>\"$1\"; exec sleep 60")
+            .arg("sh")
+            .arg(path),
+    )
+}
+
 /// A tree with nothing archived or tracked is not watched until its first
 /// snapshot: a writer that opened the file before then cannot be seen, and
 /// is refused with the way out; once tracked (or with `mark_at_start`), the
@@ -130,13 +141,7 @@ fn a_writer_older_than_the_mark_is_refused_with_the_way_out() {
     env.start_daemon();
     let src = env.path("vm.img");
     std::fs::write(&src, vec![7u8; 1 << 20]).expect("write");
-    let mut writer = common::KillOnDrop::spawn(
-        Command::new("sh")
-            .arg("-c")
-            .arg("exec 3<>\"$1\"; exec sleep 60")
-            .arg("sh")
-            .arg(&src),
-    );
+    let mut writer = hold_open_for_writing(&src);
     std::thread::sleep(Duration::from_millis(200));
     let run = snapshot(&src, &env.path("vm.img@1"), &[]).fails();
     assert!(run.stderr.contains("mark_at_start"), "{}", run.stderr);
@@ -156,13 +161,7 @@ fn a_writer_older_than_the_mark_is_refused_with_the_way_out() {
     // Past the clock tick (10 ms) the mark went in: a process started in
     // that tick may predate it, and is refused.
     std::thread::sleep(Duration::from_millis(30));
-    let _writer = common::KillOnDrop::spawn(
-        Command::new("sh")
-            .arg("-c")
-            .arg("exec 3<>\"$1\"; exec sleep 60")
-            .arg("sh")
-            .arg(&src),
-    );
+    let _writer = hold_open_for_writing(&src);
     std::thread::sleep(Duration::from_millis(200));
     snapshot(&src, &env.path("vm.img@2"), &[]).ok();
 }

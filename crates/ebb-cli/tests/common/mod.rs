@@ -160,6 +160,18 @@ where
     run_cmd(&mut cmd, COMMAND_TIMEOUT)
 }
 
+/// `ebb changes --token PATH`: the journal's current token.
+pub fn token(path: &Path) -> String {
+    let out = ebb([
+        OsStr::new("changes"),
+        OsStr::new("--token"),
+        path.as_os_str(),
+        OsStr::new("--json"),
+    ])
+    .ok();
+    out.json1()["token"].as_str().expect("token").to_string()
+}
+
 /// Run `sh -c script` with `args` as `$1…`.
 pub fn sh(script: &str, args: &[&OsStr]) -> Run {
     let mut cmd = Command::new("sh");

@@ -247,17 +247,7 @@ impl Journal {
              FROM events e LEFT JOIN gaps g ON g.seq = e.seq
              WHERE e.seq > ?1 ORDER BY e.seq LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![seq as i64, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                Change {
-                    kind: Kind::from_i64(r.get(1)?),
-                    is_dir: r.get(2)?,
-                    path: r.get(3)?,
-                    from: r.get(4)?,
-                },
-            ))
-        })?;
+        let rows = stmt.query_map(params![seq as i64, limit as i64], event_row)?;
         let records = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(After::Records(records))
     }
@@ -325,17 +315,7 @@ impl Journal {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, kind, is_dir, path, other FROM events WHERE seq > ?1 AND kind != ?2 ORDER BY seq",
         )?;
-        let rows = stmt.query_map(params![seq as i64, Kind::Gap as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                Change {
-                    kind: Kind::from_i64(r.get(1)?),
-                    is_dir: r.get(2)?,
-                    path: r.get(3)?,
-                    from: r.get(4)?,
-                },
-            ))
-        })?;
+        let rows = stmt.query_map(params![seq as i64, Kind::Gap as i64], event_row)?;
         let mut out = Vec::new();
         for row in rows {
             let (seq, change) = row?;
@@ -395,6 +375,19 @@ impl Journal {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// An event read as `seq, kind, is_dir, path, other`.
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Change)> {
+    Ok((
+        r.get::<_, i64>(0)? as u64,
+        Change {
+            kind: Kind::from_i64(r.get(1)?),
+            is_dir: r.get(2)?,
+            path: r.get(3)?,
+            from: r.get(4)?,
+        },
+    ))
 }
 
 fn unix_now() -> i64 {
