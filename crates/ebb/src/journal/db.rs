@@ -89,7 +89,12 @@ impl Journal {
             "the journal cannot use WAL"
         );
         crate::sys::sqlite::persist_wal(&conn)?;
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;")?;
+        // A 64 MiB page cache (the default is 2 MiB): the index of a big
+        // tree's paths is read and rewritten at random, and a batch of
+        // thousands of changes otherwise spills mid-transaction.
+        conn.execute_batch(
+            "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-65536;",
+        )?;
         conn.execute_batch(SCHEMA)?;
         let id: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'id'", [], |r| r.get(0))
