@@ -101,7 +101,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     // after, for files the catalog creates now (a first start).
     silence_own_files(&group, tree, WATCHED)?;
     let mut catalog = tree.catalog()?;
-    catalog.count_files()?;
+    let archived = catalog.count_files()?;
     // Its marker too, should the store share the tree's filesystem.
     let _ = group.add_ignore_path(
         &tree.config().store.join(crate::store::MARKER),
@@ -116,7 +116,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     // the start. A tree with neither is marked when it releases a file or
     // takes a snapshot (see `mark`).
     let mut fs_mark = mark::FsMark::recall(tree, fresh);
-    if tree.config().mark_at_start || catalog.count_files()? > 0 || catalog.count_tracked()? > 0 {
+    if tree.config().mark_at_start || archived > 0 || catalog.count_tracked()? > 0 {
         fs_mark.place(&group)?;
     }
 

@@ -704,18 +704,7 @@ impl Subscription {
     }
 
     fn rescan(&self, out: &mut Vec<u8>, seq: u64, reason: Reason, detail: String) {
-        self.write(
-            out,
-            Line {
-                path: self.watched.path.display().to_string(),
-                kind: "rescan".into(),
-                is_dir: self.watched.is_dir,
-                token: self.token(seq),
-                from: None,
-                reason: Some(reason.as_str().into()),
-                detail: Some(detail),
-            },
-        );
+        self.about_watched(out, "rescan", seq, Some((reason.as_str(), detail)));
     }
 
     /// The last line: the watched path went, by `change` (as the export
@@ -746,33 +735,28 @@ impl Subscription {
                 "renamed",
             ),
         };
-        self.write(
-            out,
-            Line {
-                path: self.watched.path.display().to_string(),
-                kind: "gone".into(),
-                is_dir: self.watched.is_dir,
-                token: self.token(seq),
-                from: None,
-                reason: Some(reason.into()),
-                detail: Some(format!(
-                    "the watched path is gone: {how}; the subscription ends"
-                )),
-            },
-        );
+        let detail = format!("the watched path is gone: {how}; the subscription ends");
+        self.about_watched(out, "gone", seq, Some((reason, detail)));
     }
 
     fn heartbeat(&self, out: &mut Vec<u8>) {
+        self.about_watched(out, "heartbeat", self.pos, None);
+    }
+
+    /// A line about the subscription itself (not a change): its path, and
+    /// why with what happened, if there is a why.
+    fn about_watched(&self, out: &mut Vec<u8>, kind: &str, seq: u64, why: Option<(&str, String)>) {
+        let (reason, detail) = why.map_or((None, None), |(r, d)| (Some(r.to_string()), Some(d)));
         self.write(
             out,
             Line {
                 path: self.watched.path.display().to_string(),
-                kind: "heartbeat".into(),
+                kind: kind.into(),
                 is_dir: self.watched.is_dir,
-                token: self.token(self.pos),
+                token: self.token(seq),
                 from: None,
-                reason: None,
-                detail: None,
+                reason,
+                detail,
             },
         );
     }
