@@ -38,6 +38,11 @@ pub struct Report {
     pub journal_events_per_sec: f64,
     /// Journal rate over the bare reader's (goal ≥ 0.9).
     pub journal_vs_bare: f64,
+    /// Of the journal's time: the producers, then the recorder's backlog
+    /// after them, then the final `ebb changes` (all paths, as JSON).
+    pub journal_produce_secs: f64,
+    pub journal_backlog_secs: f64,
+    pub journal_answer_secs: f64,
     /// Paths missing from the journal's answer (goal 0).
     pub lost: u64,
     pub repo_files: usize,
@@ -105,6 +110,11 @@ pub fn run(opts: &Options) -> Result<Report> {
         p.join()
             .map_err(|_| anyhow::anyhow!("a producer panicked"))??;
     }
+    let produced = started.elapsed();
+    // Where the time after the producers goes: the recorder's backlog (a
+    // query's cookie waits for it), then the answer itself.
+    changes(&opts.exe, &dir, None)?;
+    let caught_up = started.elapsed();
     let answer = changes(&opts.exe, &dir, Some(&token))?;
     let took = started.elapsed();
     let present: std::collections::HashSet<&str> = answer
@@ -180,6 +190,9 @@ pub fn run(opts: &Options) -> Result<Report> {
         bare_events_per_sec: bare,
         journal_events_per_sec: journal_rate,
         journal_vs_bare: journal_rate / bare,
+        journal_produce_secs: produced.as_secs_f64(),
+        journal_backlog_secs: (caught_up - produced).as_secs_f64(),
+        journal_answer_secs: (took - caught_up).as_secs_f64(),
         lost,
         repo_files: opts.repo_files,
         status_warm_plain_ms: warm[0],

@@ -367,6 +367,10 @@ fn print_journal(r: &journal::Report) {
         r.bare_events_per_sec, r.journal_events_per_sec, r.journal_vs_bare, r.lost
     );
     println!(
+        "    journal's time: producers {:.2} s, then the recorder's backlog {:.2} s, then the answer {:.2} s",
+        r.journal_produce_secs, r.journal_backlog_secs, r.journal_answer_secs
+    );
+    println!(
         "  git status, {} files, warm: plain {:.1} ms, trivial hook {:.1} ms, ebb hook {:.1} ms: {:.2}x (goal <= 1.3x)",
         r.repo_files,
         r.status_warm_plain_ms,

@@ -39,14 +39,23 @@ pub fn changes(path: &Path, since: Option<&str>, token_only: bool, json: bool) -
             )?;
         }
     }
+    /// One line of `--json` (fields in the order `json!` printed them).
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        is_dir: bool,
+        kind: crate::journal::Kind,
+        path: &'a Path,
+    }
     for c in &answer.changes {
         let abs = tree.root().join(&c.path);
         if json {
-            writeln!(
-                out,
-                "{}",
-                json!({"path": abs, "kind": c.kind, "is_dir": c.is_dir})
-            )?;
+            let line = Line {
+                is_dir: c.is_dir,
+                kind: c.kind,
+                path: &abs,
+            };
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
         } else {
             let slash = if c.is_dir { "/" } else { "" };
             writeln!(out, "{:<9} {}{slash}", c.kind, abs.display())?;

@@ -150,6 +150,22 @@ fn call(
     req: &Request,
     fd: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<serde_json::Value> {
+    call_as(sock, req, fd)
+}
+
+/// [`call`], the reply read straight into a `T` (a big reply is never
+/// built as a `Value`).
+fn call_as<T: serde::de::DeserializeOwned>(
+    sock: &UnixStream,
+    req: &Request,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<T> {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        #[serde(default)]
+        ok: bool,
+        error: Option<String>,
+    }
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     send_with_fd(sock, &line, fd).context("sending a request to the daemon")?;
@@ -157,15 +173,15 @@ fn call(
     BufReader::new(sock)
         .read_line(&mut reply)
         .context("waiting for the daemon's answer")?;
-    let reply: serde_json::Value =
+    let status: Status =
         serde_json::from_str(&reply).with_context(|| format!("the daemon answered {reply:?}"))?;
-    if reply["ok"] != serde_json::Value::Bool(true) {
+    if !status.ok {
         bail!(
             "the daemon refused: {}",
-            reply["error"].as_str().unwrap_or("no reason given")
+            status.error.as_deref().unwrap_or("no reason given")
         );
     }
-    Ok(reply)
+    serde_json::from_str(&reply).context("reading the daemon's answer")
 }
 
 /// Tell the daemon serving `tree`, if any, that `file` is about to be
@@ -254,15 +270,14 @@ pub fn changes(
             tree.root().display()
         )
     })?;
-    let reply = call(
+    call_as(
         &connect(tree, pid)?,
         &Request::Changes {
             since: since.map(ToString::to_string),
             path: path.to_path_buf(),
         },
         None,
-    )?;
-    serde_json::from_value(reply).context("reading the daemon's answer")
+    )
 }
 
 fn no_daemon(tree: &Tree) -> String {
@@ -279,11 +294,30 @@ pub fn stats(tree: &Tree) -> Result<serde_json::Value> {
     call(&connect(tree, pid)?, &Request::Stats, None)
 }
 
+/// What the daemon answers a request with (`"ok": true` is added).
+pub enum Reply {
+    /// The reply's fields.
+    Fields(serde_json::Value),
+    /// The reply's fields already written as one JSON object: a big answer
+    /// (a journal query naming 100 000s of paths) goes out without being
+    /// built as a `Value` first.
+    Encoded(Vec<u8>),
+}
+
+impl From<serde_json::Value> for Reply {
+    fn from(v: serde_json::Value) -> Reply {
+        Reply::Fields(v)
+    }
+}
+
+/// Where a request's reply (or why it failed) goes.
+pub type ReplyTx = crossbeam_channel::Sender<Result<Reply, String>>;
+
 /// A request received by the daemon, with its reply channel.
 pub struct Incoming {
     pub request: Request,
     pub fd: Option<OwnedFd>,
-    pub reply: crossbeam_channel::Sender<Result<serde_json::Value, String>>,
+    pub reply: ReplyTx,
     /// Signalled once the reply is on the wire (a daemon that exits right
     /// after replying waits for it).
     pub written: crossbeam_channel::Receiver<()>,
@@ -303,6 +337,21 @@ pub fn serve(listener: UnixListener, deliver: impl Fn(Incoming) + Send + Sync + 
             }
         });
     }
+}
+
+/// `{"ok":true,` followed by the fields of `object` (a JSON object).
+fn with_ok(object: Vec<u8>) -> Vec<u8> {
+    let fields = object
+        .strip_prefix(b"{")
+        .unwrap_or_default()
+        .trim_ascii_start();
+    let mut line = Vec::with_capacity(object.len() + 12);
+    line.extend_from_slice(b"{\"ok\":true");
+    if fields != b"}" {
+        line.push(b',');
+    }
+    line.extend_from_slice(fields);
+    line
 }
 
 fn answer(conn: &UnixStream, deliver: &impl Fn(Incoming)) -> Result<()> {
@@ -337,10 +386,11 @@ fn answer(conn: &UnixStream, deliver: &impl Fn(Incoming)) -> Result<()> {
         Err(e) => Err(format!("bad request: {e}")),
     };
     let mut line = match reply {
-        Ok(mut v) => {
+        Ok(Reply::Fields(mut v)) => {
             v["ok"] = serde_json::Value::Bool(true);
             serde_json::to_vec(&v)?
         }
+        Ok(Reply::Encoded(object)) => with_ok(object),
         Err(e) => serde_json::to_vec(&serde_json::json!({"ok": false, "error": e}))?,
     };
     line.push(b'\n');
@@ -348,4 +398,18 @@ fn answer(conn: &UnixStream, deliver: &impl Fn(Incoming)) -> Result<()> {
     conn.write_all(&line)?;
     let _ = written_tx.send(());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encoded_reply_gets_ok_in_front_of_its_fields() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&with_ok(br#"{"token":"t","n":[1]}"#.to_vec())).unwrap();
+        assert_eq!(v, serde_json::json!({"ok": true, "token": "t", "n": [1]}));
+        let v: serde_json::Value = serde_json::from_slice(&with_ok(b"{ }".to_vec())).unwrap();
+        assert_eq!(v, serde_json::json!({"ok": true}));
+    }
 }

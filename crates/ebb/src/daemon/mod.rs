@@ -337,7 +337,7 @@ fn event_loop(
         populator.settle();
         if populator.is_idle() {
             if let Some(request) = handover.take() {
-                let _ = request.reply.send(Ok(serde_json::json!({})));
+                let _ = request.reply.send(Ok(serde_json::json!({}).into()));
                 // Exiting before the answer is written would leave the new
                 // daemon without one, and the tree without a daemon.
                 if request.written.recv_timeout(HANDOVER_WRITE).is_err() {
@@ -386,14 +386,14 @@ fn serve_request(
         }
         Request::Handover => Err("handover is answered by the loop".to_string()),
     };
-    let _ = incoming.reply.send(reply);
+    let _ = incoming.reply.send(reply.map(Into::into));
 }
 
 fn answer_changes(
     recorder: Arc<crate::journal::recorder::Recorder>,
     since: Option<String>,
     path: std::path::PathBuf,
-    reply: crossbeam_channel::Sender<Result<serde_json::Value, String>>,
+    reply: control::ReplyTx,
 ) {
     let spawned = std::thread::Builder::new()
         .name("ebb-changes".into())
@@ -403,7 +403,7 @@ fn answer_changes(
                 .map(str::parse::<crate::journal::Token>)
                 .transpose()
                 .and_then(|since| recorder.answer(since.as_ref(), &path))
-                .and_then(|a| serde_json::to_value(a).map_err(Into::into))
+                .and_then(|a| Ok(control::Reply::Encoded(serde_json::to_vec(&a)?)))
                 .map_err(|e| format!("{e:#}"));
             let _ = reply.send(answer);
         });
@@ -422,7 +422,7 @@ fn on_snapshot_msg(populator: &mut Populator, msg: snapshots::Msg) {
             populator.snapshots.prepared(&dst);
             let started =
                 prepared.and_then(|p| populator.start_snapshot(p).map_err(|e| format!("{e:#}")));
-            let _ = reply.send(started);
+            let _ = reply.send(started.map(Into::into));
         }
         snapshots::Msg::Ready(id) => populator.on_snapshot_ready(id),
         snapshots::Msg::Finished {

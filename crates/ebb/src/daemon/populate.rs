@@ -641,7 +641,7 @@ impl Populator {
     pub fn request_snapshot(
         &mut self,
         req: crate::snapshot::start::Request,
-        reply: Sender<std::result::Result<serde_json::Value, String>>,
+        reply: super::control::ReplyTx,
     ) {
         match self.mark.place(&self.group) {
             Ok(since) => self.snapshots.request(req, since, reply),

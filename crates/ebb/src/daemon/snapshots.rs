@@ -19,6 +19,7 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 
+use super::control::ReplyTx;
 use crate::catalog::Catalog;
 use crate::snapshot::job::{partial_path, Job, Spec};
 use crate::snapshot::start::{self, Prepared};
@@ -41,7 +42,7 @@ pub enum Msg {
     Prepared {
         dst: PathBuf,
         prepared: Result<Prepared, String>,
-        reply: Sender<Result<Value, String>>,
+        reply: ReplyTx,
     },
     /// The units an access waited for are cloned: answer it.
     Ready(EventId),
@@ -173,18 +174,13 @@ impl Snapshots {
     /// `marked_since`: when the filesystem mark went in (writers that
     /// opened the source before then, or before the keeper started, are
     /// not seen).
-    pub fn request(
-        &mut self,
-        req: start::Request,
-        marked_since: u64,
-        reply: Sender<Result<Value, String>>,
-    ) {
+    pub fn request(&mut self, req: start::Request, marked_since: u64, reply: ReplyTx) {
         if let Some(result) = self.take_finished(&req.dst) {
-            let _ = reply.send(result);
+            let _ = reply.send(result.map(Into::into));
             return;
         }
         if let Some(status) = self.status_of_running(&req.dst) {
-            let _ = reply.send(Ok(status));
+            let _ = reply.send(Ok(status.into()));
             return;
         }
         if !self.preparing.insert(req.dst.clone()) {

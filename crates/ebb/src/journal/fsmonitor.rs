@@ -63,7 +63,7 @@ mod tests {
                 .iter()
                 .map(|(p, d)| AnsweredChange {
                     path: p.to_string(),
-                    kind: "modified".into(),
+                    kind: crate::journal::Kind::Modified,
                     is_dir: *d,
                 })
                 .collect(),

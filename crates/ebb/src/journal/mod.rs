@@ -20,7 +20,7 @@ use std::os::unix::fs::MetadataExt;
 use anyhow::{bail, Result};
 
 /// What happened to a path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Created = 1,
@@ -67,6 +67,12 @@ impl Kind {
             Kind::Attrib => "attrib",
             Kind::Gap => "gap",
         }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -179,40 +185,39 @@ pub struct Answer {
 pub struct AnsweredChange {
     /// Relative to the tree's root.
     pub path: String,
-    pub kind: String,
+    pub kind: Kind,
     pub is_dir: bool,
 }
 
 /// One entry per path, the last change to each, in the order they last
 /// changed; both ends of a rename.
-pub fn summarize(changes: &[(u64, Change)]) -> Vec<AnsweredChange> {
-    let mut last: std::collections::HashMap<&str, (u64, Kind, bool)> = Default::default();
+pub fn summarize(changes: Vec<(u64, Change)>) -> Vec<AnsweredChange> {
+    use std::collections::hash_map::Entry as Slot;
+    let mut last: std::collections::HashMap<String, (u64, Kind, bool)> =
+        std::collections::HashMap::with_capacity(changes.len());
     for (seq, c) in changes {
-        for p in std::iter::once(&c.path).chain(c.from.iter()) {
-            // Made since, then written: still "created" to whoever asks.
-            let kind = match last.get(p.as_str()) {
-                Some((_, Kind::Created, _)) if matches!(c.kind, Kind::Modified | Kind::Attrib) => {
-                    Kind::Created
+        for p in std::iter::once(c.path).chain(c.from) {
+            match last.entry(p) {
+                Slot::Occupied(mut slot) => {
+                    let was = slot.get().1;
+                    // Made since, then written: still "created" to whoever asks.
+                    let kind = match (was, c.kind) {
+                        (Kind::Created, Kind::Modified | Kind::Attrib) => Kind::Created,
+                        _ => c.kind,
+                    };
+                    *slot.get_mut() = (seq, kind, c.is_dir);
                 }
-                _ => c.kind,
-            };
-            last.insert(p, (*seq, kind, c.is_dir));
+                Slot::Vacant(slot) => {
+                    slot.insert((seq, c.kind, c.is_dir));
+                }
+            }
         }
     }
     let mut out: Vec<(u64, AnsweredChange)> = last
         .into_iter()
-        .map(|(path, (seq, kind, is_dir))| {
-            (
-                seq,
-                AnsweredChange {
-                    path: path.to_string(),
-                    kind: kind.as_str().to_string(),
-                    is_dir,
-                },
-            )
-        })
+        .map(|(path, (seq, kind, is_dir))| (seq, AnsweredChange { path, kind, is_dir }))
         .collect();
-    out.sort_by(|a, b| (a.0, &a.1.path).cmp(&(b.0, &b.1.path)));
+    out.sort_unstable_by(|a, b| (a.0, &a.1.path).cmp(&(b.0, &b.1.path)));
     out.into_iter().map(|(_, c)| c).collect()
 }
 
@@ -258,7 +263,7 @@ mod tests {
             path: path.into(),
             from: from.map(Into::into),
         };
-        let s = summarize(&[
+        let s = summarize(vec![
             (1, c(Kind::Created, "a", None)),
             (2, c(Kind::Modified, "a", None)),
             (3, c(Kind::Renamed, "b", Some("a"))),

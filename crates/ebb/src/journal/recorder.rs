@@ -187,7 +187,7 @@ impl Recorder {
                     return Ok(Answer {
                         token: token(last).to_string(),
                         everything: None,
-                        changes: summarize(&changes),
+                        changes: summarize(changes),
                     });
                 }
                 Since::Pruned => {
