@@ -201,6 +201,46 @@ fn changes_made_while_no_daemon_ran_are_found_after_a_restart() {
     }
 }
 
+/// Requirement 4: the index the crawl compares with is kept current from
+/// events: after a clean stop (the recorder held still first, so entries
+/// still lag behind their events and are brought up to date on the way
+/// out) a restart journals nothing that was journaled already, a file in a
+/// directory made and moved in one burst included.
+#[test]
+fn a_clean_restart_journals_nothing_twice() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let stall = stall_file(&env);
+    let pid = start_stallable(&env);
+    let t0 = token(&env.root);
+    std::fs::create_dir_all(env.path("d/sub")).unwrap();
+    for i in 0..200 {
+        std::fs::write(env.path(&format!("d/sub/f{i}")), b"x").unwrap();
+    }
+    std::fs::rename(env.path("d"), env.path("e")).unwrap();
+    std::fs::write(env.path("gone"), b"x").unwrap();
+    std::fs::remove_file(env.path("gone")).unwrap();
+    let (set, _, t1) = parsed(&env.root, changes(&env.root, &t0));
+    // Named as made; the directory's move covers them where they are now.
+    assert!(
+        has(&set, "d/sub/f7", "created") && has(&set, "e", "renamed"),
+        "{set:?}"
+    );
+    std::fs::write(&stall, b"").unwrap();
+    assert!(
+        common::terminate(pid, Duration::from_secs(30)),
+        "the daemon stopped"
+    );
+    std::fs::remove_file(&stall).unwrap();
+    env.start_daemon();
+    let (set, everything, _) = parsed(&env.root, changes(&env.root, &t1));
+    assert_eq!(everything, None);
+    assert!(
+        set.is_empty(),
+        "journaled again after a clean restart: {set:?}"
+    );
+}
+
 /// Requirement 4: a real overflow of the kernel's queue (the recorder held
 /// still while 20 000 files are made) is a gap, repaired by a crawl; the
 /// answer is exact again, with every file in it.

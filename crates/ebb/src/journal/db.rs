@@ -149,60 +149,39 @@ impl Journal {
         changes: &[Change],
         stat: impl Fn(&str) -> Option<Entry>,
     ) -> Result<()> {
-        let now = unix_now();
         // A savepoint: a transaction of its own, or part of `seed`'s.
         let tx = self.conn.savepoint()?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO events (kind, is_dir, path, other, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO entries (path, ino, size, mtime, ctime, mode) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(path) DO UPDATE SET ino = excluded.ino, size = excluded.size,
-                   mtime = excluded.mtime, ctime = excluded.ctime, mode = excluded.mode",
-            )?;
-            let mut remove = tx.prepare_cached("DELETE FROM entries WHERE path = ?1")?;
-            // Each event in order; the index once per path, as it is now
-            // (a file made, written and renamed in one batch costs two
-            // index writes, not five).
-            // Each path touched, and whether its last change took it away
-            // (then it needs no stat: a lookup of a missing name is slow).
-            let mut touched: HashMap<&str, bool> = HashMap::with_capacity(changes.len() + 8);
-            for c in changes {
-                insert.execute(params![c.kind as i64, c.is_dir, c.path, c.from, now])?;
-                match (c.kind, c.is_dir, &c.from) {
-                    (Kind::Renamed, true, Some(from)) => move_prefix(&tx, from, &c.path)?,
-                    (Kind::Deleted, true, _) => {
-                        tx.execute(
-                            "DELETE FROM entries WHERE path >= ?1 AND path < ?2",
-                            params![format!("{}/", c.path), format!("{}0", c.path)],
-                        )?;
-                    }
-                    _ => {}
-                }
-                touched.insert(&c.path, c.kind == Kind::Deleted);
-                if let Some(from) = &c.from {
-                    touched.insert(from, true);
-                }
-            }
-            for (path, gone) in touched {
-                match if gone { None } else { stat(path) } {
-                    Some(e) => {
-                        upsert.execute(params![
-                            path,
-                            e.ino as i64,
-                            e.size as i64,
-                            e.mtime,
-                            e.ctime,
-                            e.mode
-                        ])?;
-                    }
-                    None => {
-                        remove.execute(params![path])?;
-                    }
-                }
-            }
-        }
+        record_in(&tx, changes)?;
+        // The index once per path, as it is now (a file made, written and
+        // renamed in one batch costs two index writes, not five).
+        let touched: HashMap<&str, bool> = touched(changes).collect();
+        reindex_in(&tx, touched.into_iter(), stat)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Append `changes`, in one transaction, leaving the index entries of
+    /// the paths they touch (see [`touched`]) to [`Journal::reindex`]: the
+    /// recorder does that later, when events stop coming, so that a burst
+    /// costs one small write per batch. Only a directory's move or removal
+    /// moves or removes the entries below it here.
+    pub fn record(&mut self, changes: &[Change]) -> Result<()> {
+        let tx = self.conn.savepoint()?;
+        record_in(&tx, changes)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Bring the index up to date for `paths` (each with whether its last
+    /// change took it away: then it needs no stat, a lookup of a missing
+    /// name is slow), in one transaction. `stat` says what a path is now.
+    pub fn reindex<'a>(
+        &mut self,
+        paths: impl Iterator<Item = (&'a str, bool)>,
+        stat: impl Fn(&str) -> Option<Entry>,
+    ) -> Result<()> {
+        let tx = self.conn.savepoint()?;
+        reindex_in(&tx, paths, stat)?;
         tx.commit()?;
         Ok(())
     }
@@ -399,6 +378,68 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Each path `changes` touch, in order, with whether that change took it
+/// away (a delete, or the old name of a rename); a path met again later
+/// comes again.
+pub fn touched(changes: &[Change]) -> impl Iterator<Item = (&str, bool)> {
+    changes.iter().flat_map(|c| {
+        std::iter::once((c.path.as_str(), c.kind == Kind::Deleted))
+            .chain(c.from.as_deref().map(|from| (from, true)))
+    })
+}
+
+fn record_in(tx: &Connection, changes: &[Change]) -> Result<()> {
+    let now = unix_now();
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO events (kind, is_dir, path, other, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for c in changes {
+        insert.execute(params![c.kind as i64, c.is_dir, c.path, c.from, now])?;
+        match (c.kind, c.is_dir, &c.from) {
+            (Kind::Renamed, true, Some(from)) => move_prefix(tx, from, &c.path)?,
+            (Kind::Deleted, true, _) => {
+                tx.execute(
+                    "DELETE FROM entries WHERE path >= ?1 AND path < ?2",
+                    params![format!("{}/", c.path), format!("{}0", c.path)],
+                )?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn reindex_in<'a>(
+    tx: &Connection,
+    paths: impl Iterator<Item = (&'a str, bool)>,
+    stat: impl Fn(&str) -> Option<Entry>,
+) -> Result<()> {
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO entries (path, ino, size, mtime, ctime, mode) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(path) DO UPDATE SET ino = excluded.ino, size = excluded.size,
+           mtime = excluded.mtime, ctime = excluded.ctime, mode = excluded.mode",
+    )?;
+    let mut remove = tx.prepare_cached("DELETE FROM entries WHERE path = ?1")?;
+    for (path, gone) in paths {
+        match if gone { None } else { stat(path) } {
+            Some(e) => {
+                upsert.execute(params![
+                    path,
+                    e.ino as i64,
+                    e.size as i64,
+                    e.mtime,
+                    e.ctime,
+                    e.mode
+                ])?;
+            }
+            None => {
+                remove.execute(params![path])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A directory moved: its index entries move with it.

@@ -129,6 +129,27 @@ impl Entry {
         }
     }
 
+    /// What `rel` under the directory `dir` is now (`None`: nothing there).
+    /// Relative to an open directory, the lookup walks only `rel`.
+    pub fn at(dir: std::os::fd::BorrowedFd<'_>, rel: &str) -> Option<Entry> {
+        use std::os::fd::AsRawFd;
+        let rel = if rel.is_empty() { "." } else { rel };
+        let st = nix::sys::stat::fstatat(
+            Some(dir.as_raw_fd()),
+            rel,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ok()?;
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        Some(Entry {
+            ino: st.st_ino,
+            size: if is_dir { 0 } else { st.st_size as u64 },
+            mtime: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+            ctime: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+            mode: st.st_mode,
+        })
+    }
+
     pub fn is_dir(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFDIR
     }
@@ -253,6 +274,25 @@ mod tests {
         };
         assert!(moved.touches("old") && moved.touches("old/dir/x/y") && moved.touches("new/z"));
         assert!(!moved.touches("other"));
+    }
+
+    #[test]
+    fn an_entry_read_relative_to_a_directory_is_the_one_read_by_path() {
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/f"), b"abc").unwrap();
+        std::os::unix::fs::symlink("f", dir.path().join("sub/l")).unwrap();
+        let root = std::fs::File::open(dir.path()).unwrap();
+        for rel in ["", "sub", "sub/f", "sub/l"] {
+            let meta = std::fs::symlink_metadata(dir.path().join(rel)).unwrap();
+            assert_eq!(
+                Entry::at(root.as_fd(), rel),
+                Some(Entry::of(&meta)),
+                "{rel:?}"
+            );
+        }
+        assert_eq!(Entry::at(root.as_fd(), "sub/none"), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The recorder: a thread of the daemon that turns fanotify events into
 //! journal entries, and the query side (cookie, then read).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -53,6 +53,16 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_EVENTS: u64 = 1_000_000;
 /// Directory paths remembered by handle, at most.
 const MAX_DIRS: usize = 1 << 18;
+/// While events keep coming, they are recorded at most this often.
+const COMMIT_EVERY: Duration = Duration::from_millis(2);
+/// The index catches up once no event came for this long.
+const IDLE: Duration = Duration::from_millis(20);
+/// Index entries brought up to date per transaction: events wait at most
+/// that long (a few ms) while the index catches up.
+const REINDEX_CHUNK: usize = 2048;
+/// Index entries allowed to lag behind their events: beyond that the index
+/// catches up even while events keep coming (memory stays bounded).
+const MAX_PENDING: usize = 1 << 18;
 
 /// Cookies the recorder has seen, for queries waiting on them.
 #[derive(Default)]
@@ -105,6 +115,7 @@ impl Recorder {
             group,
             journal,
             dirs: HashMap::from([(root_handle, String::new())]),
+            pending: BTreeMap::new(),
             state_handle,
             cookie_handle,
             cookies: cookies.clone(),
@@ -263,6 +274,11 @@ struct Worker {
     journal: Journal,
     /// Directory paths by handle (relative to the root).
     dirs: HashMap<FileHandle, String>,
+    /// Paths whose index entries lag behind their events, with whether
+    /// their last change took them away. A daemon that dies with some
+    /// leaves an index older than the journal: the crawl after the gap then
+    /// journals those paths again, a few too many, never one too few.
+    pending: BTreeMap<String, bool>,
     state_handle: FileHandle,
     cookie_handle: FileHandle,
     cookies: Arc<Cookies>,
@@ -273,6 +289,8 @@ struct Worker {
 impl Worker {
     fn run(&mut self, stop: &AtomicBool) -> Result<()> {
         let mut buf = EventBuffer::new(256 * 1024);
+        let mut batch = Batch::default();
+        let mut committed = Instant::now();
         let mut appended = 0u64;
         // Tests hold the recorder still while this file exists, to make the
         // kernel's queue overflow for real.
@@ -282,51 +300,131 @@ impl Worker {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
-            let mut fds = [nix::poll::PollFd::new(
-                self.group.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+            // In a burst (changes wait for the next commit), sleep until
+            // then and read what came meanwhile in one go: woken for each
+            // event, the recorder spent most of its time in poll and read.
+            let idle = if batch.changes.is_empty() {
+                let wait = if self.pending.is_empty() {
+                    Duration::from_millis(100)
+                } else {
+                    IDLE
+                };
+                let mut fds = [nix::poll::PollFd::new(
+                    self.group.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                nix::poll::poll(&mut fds, nix::poll::PollTimeout::try_from(wait)?) == Ok(0)
+            } else {
+                std::thread::sleep(COMMIT_EVERY.saturating_sub(committed.elapsed()));
+                false
+            };
             if stall.as_ref().is_some_and(|s| s.exists()) {
                 continue;
             }
-            let mut batch = Batch::default();
             self.gather(&mut buf, &mut batch)?;
-            let Batch {
-                changes,
-                cookies,
-                gap,
-                ..
-            } = batch;
-            if !changes.is_empty() {
-                let root = self.root.clone();
-                self.journal.append(&changes, |p| stat(&root, p))?;
-                appended += changes.len() as u64;
+            // In a burst, one transaction per COMMIT_EVERY: each costs
+            // about as much as a few hundred events (locks, WAL frames).
+            // A query's cookie, a gap or a full batch goes in at once.
+            let due = committed.elapsed() >= COMMIT_EVERY
+                || !batch.cookies.is_empty()
+                || batch.gap.is_some()
+                || batch.changes.len() >= MAX_BATCH;
+            if due {
+                appended += self.commit(std::mem::take(&mut batch))?;
+                committed = Instant::now();
             }
-            if let Some(why) = gap {
-                tracing::warn!("journal: {why}; crawling to repair the gap");
-                self.journal.open_gap(why)?;
-                self.repair()?;
-            }
-            if !cookies.is_empty() {
-                let mut seen = self.cookies.seen.lock().unwrap_or_else(|e| e.into_inner());
-                seen.extend(cookies);
-                self.cookies.cv.notify_all();
+            if (idle && batch.changes.is_empty() && !self.pending.is_empty())
+                || self.pending.len() > MAX_PENDING
+            {
+                self.reindex_some(REINDEX_CHUNK)?;
             }
             if appended > 10_000 {
                 appended = 0;
                 self.journal.prune(self.max_events, self.max_age)?;
             }
         }
+        self.commit(batch)?;
+        while !self.pending.is_empty() {
+            self.reindex_some(REINDEX_CHUNK)?;
+        }
         Ok(())
     }
 
-    /// Read what is queued into `batch`. While the recorder is behind
-    /// (reads come back full), it keeps reading, up to [`MAX_BATCH`]
-    /// changes in one transaction: at a high rate most of its time is
-    /// commits. It never waits for more: producers waiting on the daemon's
-    /// pre-content answers got slower when it did (1–2 ms windows cut the
-    /// recorder's CPU 3x, but were measured and dropped).
+    /// Record what `batch` holds; then a gap in it is repaired and its
+    /// cookies are answered. Returns how many changes went in.
+    fn commit(&mut self, batch: Batch) -> Result<u64> {
+        let Batch {
+            changes,
+            cookies,
+            gap,
+            ..
+        } = batch;
+        let recorded = changes.len() as u64;
+        if !changes.is_empty() {
+            self.journal.record(&changes)?;
+            self.lag_index(changes);
+        }
+        if let Some(why) = gap {
+            tracing::warn!("journal: {why}; crawling to repair the gap");
+            self.journal.open_gap(why)?;
+            self.repair()?;
+        }
+        if !cookies.is_empty() {
+            let mut seen = self.cookies.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.extend(cookies);
+            self.cookies.cv.notify_all();
+        }
+        Ok(recorded)
+    }
+
+    /// Note the paths `changes` touched as lagging in the index.
+    fn lag_index(&mut self, changes: Vec<Change>) {
+        for c in changes {
+            if let (Kind::Renamed, true, Some(from)) = (c.kind, c.is_dir, &c.from) {
+                self.move_pending(from, &c.path);
+            }
+            let gone = c.kind == Kind::Deleted;
+            self.pending.insert(c.path, gone);
+            if let Some(from) = c.from {
+                self.pending.insert(from, true);
+            }
+        }
+    }
+
+    /// A directory moved: the lagging paths under it move with it (the
+    /// index's own entries moved when the move was recorded).
+    fn move_pending(&mut self, from: &str, to: &str) {
+        let below: Vec<(String, bool)> = self
+            .pending
+            .range(format!("{from}/")..format!("{from}0"))
+            .map(|(p, gone)| (p.clone(), *gone))
+            .collect();
+        for (p, gone) in below {
+            self.pending.remove(&p);
+            self.pending
+                .insert(format!("{to}{}", &p[from.len()..]), gone);
+        }
+    }
+
+    /// Bring up to `limit` lagging index entries up to date, in path order
+    /// (neighbours in the index's B-tree), in one transaction.
+    fn reindex_some(&mut self, limit: usize) -> Result<()> {
+        let mut chunk = Vec::with_capacity(limit.min(self.pending.len()));
+        while chunk.len() < limit {
+            let Some(p) = self.pending.pop_first() else {
+                break;
+            };
+            chunk.push(p);
+        }
+        let root = self.root_fd.as_fd();
+        self.journal
+            .reindex(chunk.iter().map(|(p, gone)| (p.as_str(), *gone)), |p| {
+                Entry::at(root, p)
+            })
+    }
+
+    /// Read what is queued into `batch`; while the recorder is behind
+    /// (reads come back full), keep reading, up to [`MAX_BATCH`] changes.
     fn gather(&mut self, buf: &mut EventBuffer, batch: &mut Batch) -> Result<()> {
         loop {
             let events = self.group.read_events(buf)?;
@@ -381,6 +479,8 @@ impl Worker {
         let changes = crawl::diff(&self.journal.entries()?, &now);
         self.journal.append(&changes, |p| now.get(p).copied())?;
         self.journal.close_gaps()?;
+        // The index holds what the crawl saw now, lagging paths included.
+        self.pending.clear();
         if !waiting.is_empty() {
             let mut seen = self.cookies.seen.lock().unwrap_or_else(|e| e.into_inner());
             seen.extend(waiting);
@@ -497,7 +597,7 @@ impl Worker {
         let kind = if created && deleted {
             // The kernel merges queued events on one name: the order of a
             // create and a delete is lost, what is there now tells.
-            if stat(&self.root, &path).is_some() {
+            if Entry::at(self.root_fd.as_fd(), &path).is_some() {
                 Kind::Created
             } else {
                 Kind::Deleted
@@ -601,11 +701,4 @@ impl Worker {
             }
         }
     }
-}
-
-/// What `rel` under `root` is now, for the index.
-fn stat(root: &Path, rel: &str) -> Option<Entry> {
-    std::fs::symlink_metadata(root.join(rel))
-        .ok()
-        .map(|m| Entry::of(&m))
 }
