@@ -241,6 +241,38 @@ fn a_clean_restart_journals_nothing_twice() {
     );
 }
 
+/// Requirement 4: a query made while the crawl after downtime runs (held
+/// still here) longer than a query waits is told "everything", and a token
+/// is given; once the crawl is done, the answer is exact.
+#[test]
+fn a_query_during_a_long_crawl_is_told_everything_not_an_error() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let stall = stall_file(&env);
+    let pid = start_stallable(&env);
+    // Not a new journal when the daemon comes back: one change in it.
+    std::fs::write(env.path("before"), b"x").unwrap();
+    let t0 = token(&env.root);
+    assert!(
+        common::terminate(pid, Duration::from_secs(30)),
+        "the daemon stopped"
+    );
+    std::fs::write(env.path("made-while-down"), b"x").unwrap();
+    std::fs::write(&stall, b"").unwrap();
+    start_stallable(&env);
+    let root = env.root.clone();
+    let current = std::thread::spawn(move || token(&root));
+    let (set, everything, _) = parsed(&env.root, changes(&env.root, &t0));
+    assert!(set.is_empty(), "{set:?}");
+    let why = everything.expect("everything, while the gap is being repaired");
+    assert!(why.contains("being repaired"), "{why}");
+    assert!(current.join().expect("token").starts_with("ebb:"));
+    std::fs::remove_file(&stall).unwrap();
+    let (set, everything, _) = parsed(&env.root, changes(&env.root, &t0));
+    assert_eq!(everything, None);
+    assert!(has(&set, "made-while-down", "created"), "{set:?}");
+}
+
 /// Requirement 4: a real overflow of the kernel's queue (the recorder held
 /// still while 20 000 files are made) is a gap, repaired by a crawl; the
 /// answer is exact again, with every file in it.

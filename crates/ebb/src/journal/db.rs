@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Change, Entry, Kind};
+use super::{AnsweredChange, Change, Entry, Kind, Summary};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,8 +54,12 @@ pub struct Journal {
 /// What a query found since a sequence number.
 #[derive(Debug)]
 pub enum Since {
-    /// Exactly these changes (oldest first).
-    Changes(Vec<(u64, Change)>),
+    /// Exactly these changes, each path once (see [`Summary`]), and the
+    /// newest sequence number read.
+    Changes {
+        changes: Vec<AnsweredChange>,
+        upto: u64,
+    },
     /// A gap after the point asked for is not repaired yet.
     Unrepaired,
     /// The point asked for is older than what is kept.
@@ -299,15 +303,27 @@ impl Journal {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, kind, is_dir, path, other FROM events WHERE seq > ?1 AND kind != ?2 ORDER BY seq",
         )?;
-        let rows = stmt.query_map(params![seq as i64, Kind::Gap as i64], event_row)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, change) = row?;
-            if change.touches(prefix) {
-                out.push((seq, change));
+        let mut rows = stmt.query(params![seq as i64, Kind::Gap as i64])?;
+        let (mut summary, mut upto) = (Summary::default(), seq);
+        // Rows are read in place, not as `Change`s: an answer may run to
+        // 100 000s of them.
+        while let Some(row) = rows.next()? {
+            let seq = row.get::<_, i64>(0)? as u64;
+            let (kind, is_dir) = (Kind::from_i64(row.get(1)?), row.get(2)?);
+            let path = row.get_ref(3)?.as_str()?;
+            let from = row.get_ref(4)?.as_str_or_null()?;
+            upto = seq;
+            if super::touches(path, from, is_dir, prefix) {
+                summary.add(seq, kind, is_dir, path);
+                if let Some(from) = from {
+                    summary.add(seq, kind, is_dir, from);
+                }
             }
         }
-        Ok(Since::Changes(out))
+        Ok(Since::Changes {
+            changes: summary.finish(),
+            upto,
+        })
     }
 
     /// The index, for the crawl to compare the tree with.
@@ -478,11 +494,15 @@ mod tests {
         let batch: Vec<Change> = (0..10).map(|i| change(&format!("f{i}"))).collect();
         j.append(&batch, |_| None).expect("append");
         assert_eq!(j.last_seq().unwrap(), 10);
-        assert!(matches!(j.since(0, "").unwrap(), Since::Changes(c) if c.len() == 10));
+        assert!(
+            matches!(j.since(0, "").unwrap(), Since::Changes { changes, upto: 10 } if changes.len() == 10)
+        );
         j.prune(6, None).expect("prune");
         assert_eq!(j.first_seq().unwrap(), 4);
         assert!(matches!(j.since(2, "").unwrap(), Since::Pruned));
-        assert!(matches!(j.since(3, "").unwrap(), Since::Changes(c) if c.len() == 7));
+        assert!(
+            matches!(j.since(3, "").unwrap(), Since::Changes { changes, .. } if changes.len() == 7)
+        );
         // Events 4..=6 a year old: gone with a one-day age limit.
         j.conn
             .execute("UPDATE events SET at = 0 WHERE seq <= 6", [])
@@ -546,7 +566,7 @@ mod tests {
         j.append(&[change("b")], |_| None).expect("append");
         j.close_gaps().expect("close");
         assert!(
-            matches!(j.since(1, "").unwrap(), Since::Changes(c) if c.len() == 1 && c[0].1.path == "b")
+            matches!(j.since(1, "").unwrap(), Since::Changes { changes, .. } if changes.len() == 1 && changes[0].path == "b")
         );
     }
 }

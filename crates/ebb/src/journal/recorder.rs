@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::db::{Journal, Since};
-use super::{crawl, summarize, Answer, Change, Entry, Kind, Token};
+use super::{crawl, Answer, Change, Entry, Kind, Token};
 use crate::sys::fanotify::{
     Event, EventBuffer, Group, InitOptions, INFO_DFID_NAME, INFO_FID, INFO_NEW_DFID_NAME,
     INFO_OLD_DFID_NAME,
@@ -46,6 +46,8 @@ struct Batch {
     cookies: Vec<String>,
     gap: Option<&'static str>,
 }
+/// Why an answer is "everything" while the recorder crawls.
+const UNREPAIRED: &str = "a gap in the journal (downtime or overflow) is still being repaired";
 /// How long a query waits for its cookie, or for a gap to be repaired.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events kept, by default (`journal_max_events` in `.ebb/config.json`
@@ -69,6 +71,10 @@ const MAX_PENDING: usize = 1 << 18;
 struct Cookies {
     seen: Mutex<HashSet<String>>,
     cv: Condvar,
+    /// The recorder is crawling the tree (a new journal, or a gap): a
+    /// cookie made meanwhile is seen only after the crawl, which can take
+    /// longer than a query waits.
+    crawling: AtomicBool,
 }
 
 /// The running recorder, as the daemon holds it.
@@ -159,7 +165,11 @@ impl Recorder {
     /// only the current token), up to the moment of the call.
     pub fn answer(&self, since: Option<&Token>, path: &Path) -> Result<Answer> {
         let rel = self.tree.relative(path)?.to_string_lossy().into_owned();
-        self.sync()?;
+        let synced = match self.sync() {
+            Ok(()) => true,
+            Err(_) if self.cookies.crawling.load(Ordering::Relaxed) => false,
+            Err(e) => return Err(e),
+        };
         let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         if reader.is_none() {
             *reader = Some(Journal::open(&self.db)?.0);
@@ -176,6 +186,13 @@ impl Recorder {
             changes: Vec::new(),
         };
         let Some(since) = since else {
+            // A token is safe before the crawl is done (what it finds goes
+            // in after), but a new journal's first one would be pruned.
+            anyhow::ensure!(
+                synced || last > 0,
+                "the daemon is still indexing {} into a new journal: ask again in a moment",
+                self.tree.root().display()
+            );
             return Ok(Answer {
                 token: token(last).to_string(),
                 everything: None,
@@ -190,24 +207,24 @@ impl Recorder {
         if since.seq > last {
             return Ok(everything("the token is from the future of this journal"));
         }
+        if !synced {
+            return Ok(everything(UNREPAIRED));
+        }
         let deadline = Instant::now() + SYNC_TIMEOUT;
         loop {
             match journal.since(since.seq, &rel)? {
-                Since::Changes(changes) => {
-                    let last = changes.last().map_or(last, |(s, _)| (*s).max(last));
+                Since::Changes { changes, upto } => {
                     return Ok(Answer {
-                        token: token(last).to_string(),
+                        token: token(upto.max(last)).to_string(),
                         everything: None,
-                        changes: summarize(changes),
+                        changes,
                     });
                 }
                 Since::Pruned => {
                     return Ok(everything("the token is older than the journal keeps"))
                 }
                 Since::Unrepaired if Instant::now() > deadline => {
-                    return Ok(everything(
-                        "a gap in the journal (downtime or overflow) is still being repaired",
-                    ))
+                    return Ok(everything(UNREPAIRED))
                 }
                 Since::Unrepaired => std::thread::sleep(Duration::from_millis(20)),
             }
@@ -292,11 +309,8 @@ impl Worker {
         let mut batch = Batch::default();
         let mut committed = Instant::now();
         let mut appended = 0u64;
-        // Tests hold the recorder still while this file exists, to make the
-        // kernel's queue overflow for real.
-        let stall = std::env::var_os("EBB_TEST_JOURNAL_STALL").map(PathBuf::from);
         while !stop.load(Ordering::Relaxed) {
-            if stall.as_ref().is_some_and(|s| s.exists()) {
+            if stalled() {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
@@ -318,7 +332,7 @@ impl Worker {
                 std::thread::sleep(COMMIT_EVERY.saturating_sub(committed.elapsed()));
                 false
             };
-            if stall.as_ref().is_some_and(|s| s.exists()) {
+            if stalled() {
                 continue;
             }
             self.gather(&mut buf, &mut batch)?;
@@ -464,6 +478,10 @@ impl Worker {
     /// Compare the tree with the index and journal what differs; then every
     /// gap so far is repaired.
     fn repair(&mut self) -> Result<()> {
+        self.cookies.crawling.store(true, Ordering::Relaxed);
+        while stalled() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let started = Instant::now();
         // Cookies made before the crawl are answered by it: their own
         // events may have been lost in the same overflow.
@@ -486,6 +504,7 @@ impl Worker {
             seen.extend(waiting);
             self.cookies.cv.notify_all();
         }
+        self.cookies.crawling.store(false, Ordering::Relaxed);
         tracing::info!(
             "journal: gap repaired by a crawl of {} paths in {:?} ({} changes)",
             now.len(),
@@ -498,6 +517,7 @@ impl Worker {
     /// A new journal: index the tree without journaling it (no token from
     /// before this journal exists to ask about it).
     fn index_silently(&mut self) -> Result<()> {
+        self.cookies.crawling.store(true, Ordering::Relaxed);
         let now = crawl::scan(&self.root)?;
         self.learn_dirs(&now);
         let changes: Vec<Change> = now
@@ -510,7 +530,9 @@ impl Worker {
             })
             .collect();
         // Those are not news to anyone: the journal starts after them.
-        self.journal.seed(&changes, |p| now.get(p).copied())
+        self.journal.seed(&changes, |p| now.get(p).copied())?;
+        self.cookies.crawling.store(false, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Remember every directory the crawl saw by its handle: a directory
@@ -701,4 +723,11 @@ impl Worker {
             }
         }
     }
+}
+
+/// Tests hold the recorder still while the file named by
+/// `EBB_TEST_JOURNAL_STALL` exists: to make the kernel's queue overflow for
+/// real, to keep index entries lagging, to make a crawl last.
+fn stalled() -> bool {
+    std::env::var_os("EBB_TEST_JOURNAL_STALL").is_some_and(|s| Path::new(&s).exists())
 }
