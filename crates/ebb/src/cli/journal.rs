@@ -5,7 +5,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use serde_json::json;
 
 use crate::daemon::control;
 use crate::journal::{fsmonitor, Token};
@@ -22,50 +21,8 @@ pub fn changes(path: &Path, since: Option<&str>, token_only: bool, json: bool) -
     }
     let tree = Tree::find(&path)?;
     tree.relative(&path)?;
-    let answer = control::changes(&tree, since.as_ref(), &path)?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if let Some(why) = &answer.everything {
-        if json {
-            writeln!(
-                out,
-                "{}",
-                json!({"path": path, "everything": true, "reason": why})
-            )?;
-        } else {
-            writeln!(
-                out,
-                "everything under {} may have changed: {why}",
-                path.display()
-            )?;
-        }
-    }
-    /// One line of `--json` (fields in the order `json!` printed them).
-    #[derive(serde::Serialize)]
-    struct Line<'a> {
-        is_dir: bool,
-        kind: crate::journal::Kind,
-        path: &'a Path,
-    }
-    for c in &answer.changes {
-        let abs = tree.root().join(&c.path);
-        if json {
-            let line = Line {
-                is_dir: c.is_dir,
-                kind: c.kind,
-                path: &abs,
-            };
-            serde_json::to_writer(&mut out, &line)?;
-            out.write_all(b"\n")?;
-        } else {
-            let slash = if c.is_dir { "/" } else { "" };
-            writeln!(out, "{:<9} {}{slash}", c.kind, abs.display())?;
-        }
-    }
-    if json {
-        writeln!(out, "{}", json!({"token": answer.token}))?;
-    } else {
-        writeln!(out, "token {}", answer.token)?;
-    }
+    let output = control::changes_output(&tree, since.as_ref(), &path, json)?;
+    std::io::stdout().lock().write_all(&output)?;
     Ok(ExitCode::SUCCESS)
 }
 

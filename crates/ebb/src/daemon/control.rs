@@ -47,6 +47,11 @@ pub enum Request {
     Changes {
         since: Option<String>,
         path: std::path::PathBuf,
+        /// Answer with `ebb changes`'s output itself (JSON lines when
+        /// true, text when false) rather than a structured answer: a
+        /// client then copies it out, with nothing to parse.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rendered: Option<bool>,
     },
 }
 
@@ -160,6 +165,17 @@ fn call_as<T: serde::de::DeserializeOwned>(
     req: &Request,
     fd: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<T> {
+    let (_, reply) = send(sock, req, fd)?;
+    serde_json::from_str(&reply).context("reading the daemon's answer")
+}
+
+/// Send `req`; the first line of the reply once it says "ok", and the
+/// reader positioned after it.
+fn send<'a>(
+    sock: &'a UnixStream,
+    req: &Request,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<(BufReader<&'a UnixStream>, String)> {
     #[derive(serde::Deserialize)]
     struct Status {
         #[serde(default)]
@@ -169,8 +185,9 @@ fn call_as<T: serde::de::DeserializeOwned>(
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     send_with_fd(sock, &line, fd).context("sending a request to the daemon")?;
+    let mut reader = BufReader::new(sock);
     let mut reply = String::new();
-    BufReader::new(sock)
+    reader
         .read_line(&mut reply)
         .context("waiting for the daemon's answer")?;
     let status: Status =
@@ -181,7 +198,7 @@ fn call_as<T: serde::de::DeserializeOwned>(
             status.error.as_deref().unwrap_or("no reason given")
         );
     }
-    serde_json::from_str(&reply).context("reading the daemon's answer")
+    Ok((reader, reply))
 }
 
 /// Tell the daemon serving `tree`, if any, that `file` is about to be
@@ -263,20 +280,62 @@ pub fn changes(
     since: Option<&crate::journal::Token>,
     path: &std::path::Path,
 ) -> Result<crate::journal::Answer> {
-    let pid = daemon_pid(tree)?.with_context(|| {
-        format!(
-            "no ebb daemon is serving {}: changes are known up to the moment only while it runs (ebb daemon {} --background)",
-            tree.root().display(),
-            tree.root().display()
-        )
-    })?;
+    let pid = daemon_pid(tree)?.with_context(|| not_recording(tree))?;
     call_as(
         &connect(tree, pid)?,
         &Request::Changes {
             since: since.map(ToString::to_string),
             path: path.to_path_buf(),
+            rendered: None,
         },
         None,
+    )
+}
+
+/// [`changes`], as `ebb changes` prints it (JSON lines with `json`):
+/// whole, or an error (the token is its last line).
+pub fn changes_output(
+    tree: &Tree,
+    since: Option<&crate::journal::Token>,
+    path: &std::path::Path,
+    json: bool,
+) -> Result<Vec<u8>> {
+    let pid = daemon_pid(tree)?.with_context(|| not_recording(tree))?;
+    let sock = connect(tree, pid)?;
+    let (mut reader, _) = send(
+        &sock,
+        &Request::Changes {
+            since: since.map(ToString::to_string),
+            path: path.to_path_buf(),
+            rendered: Some(json),
+        },
+        None,
+    )?;
+    let mut output = Vec::new();
+    reader
+        .read_to_end(&mut output)
+        .context("reading the daemon's answer")?;
+    anyhow::ensure!(
+        ends_with_token(&output),
+        "the daemon's answer was cut short (did it stop? see {})",
+        tree.log_path().display()
+    );
+    Ok(output)
+}
+
+/// Whether `output` of `ebb changes` is whole: its last line is the token.
+fn ends_with_token(output: &[u8]) -> bool {
+    let last = output
+        .strip_suffix(b"\n")
+        .and_then(|o| o.rsplit(|b| *b == b'\n').next());
+    last.is_some_and(|l| l.starts_with(b"token ") || l.starts_with(b"{\"token\""))
+}
+
+fn not_recording(tree: &Tree) -> String {
+    format!(
+        "no ebb daemon is serving {}: changes are known up to the moment only while it runs (ebb daemon {} --background)",
+        tree.root().display(),
+        tree.root().display()
     )
 }
 
@@ -302,6 +361,9 @@ pub enum Reply {
     /// (a journal query naming 100 000s of paths) goes out without being
     /// built as a `Value` first.
     Encoded(Vec<u8>),
+    /// Output for the client to copy out as it is: it follows a
+    /// `{"ok":true}` line, and ends where the connection does.
+    Output(Vec<u8>),
 }
 
 impl From<serde_json::Value> for Reply {
@@ -385,15 +447,29 @@ fn answer(conn: &UnixStream, deliver: &impl Fn(Incoming)) -> Result<()> {
         }
         Err(e) => Err(format!("bad request: {e}")),
     };
-    let mut line = match reply {
+    let line = match reply {
         Ok(Reply::Fields(mut v)) => {
             v["ok"] = serde_json::Value::Bool(true);
-            serde_json::to_vec(&v)?
+            let mut line = serde_json::to_vec(&v)?;
+            line.push(b'\n');
+            line
         }
-        Ok(Reply::Encoded(object)) => with_ok(object),
-        Err(e) => serde_json::to_vec(&serde_json::json!({"ok": false, "error": e}))?,
+        Ok(Reply::Encoded(object)) => {
+            let mut line = with_ok(object);
+            line.push(b'\n');
+            line
+        }
+        Ok(Reply::Output(output)) => {
+            let mut line = b"{\"ok\":true}\n".to_vec();
+            line.extend_from_slice(&output);
+            line
+        }
+        Err(e) => {
+            let mut line = serde_json::to_vec(&serde_json::json!({"ok": false, "error": e}))?;
+            line.push(b'\n');
+            line
+        }
     };
-    line.push(b'\n');
     let mut conn = conn;
     conn.write_all(&line)?;
     let _ = written_tx.send(());
@@ -411,5 +487,16 @@ mod tests {
         assert_eq!(v, serde_json::json!({"ok": true, "token": "t", "n": [1]}));
         let v: serde_json::Value = serde_json::from_slice(&with_ok(b"{ }".to_vec())).unwrap();
         assert_eq!(v, serde_json::json!({"ok": true}));
+    }
+
+    #[test]
+    fn changes_output_cut_short_is_told_from_a_whole_one() {
+        assert!(ends_with_token(b"created   /t/a\ntoken ebb:ab:3\n"));
+        assert!(ends_with_token(b"{\"token\":\"ebb:ab:3\"}\n"));
+        assert!(!ends_with_token(b"created   /t/a\ntoken ebb:ab:3"));
+        assert!(!ends_with_token(
+            b"{\"is_dir\":false,\"kind\":\"created\",\"path\":\"/t/a\"}\n"
+        ));
+        assert!(!ends_with_token(b""));
     }
 }

@@ -372,10 +372,16 @@ fn serve_request(
             return;
         }
         Request::SnapshotStatus { dst } => populator.snapshots.status(&dst),
-        Request::Changes { since, path } => {
+        Request::Changes {
+            since,
+            path,
+            rendered,
+        } => {
             // Off the loop: the answer waits for the recorder's cookie.
             match journal {
-                Ok(recorder) => answer_changes(recorder.clone(), since, path, incoming.reply),
+                Ok(recorder) => {
+                    answer_changes(recorder.clone(), since, path, rendered, incoming.reply)
+                }
                 Err(why) => {
                     let _ = incoming
                         .reply
@@ -393,6 +399,7 @@ fn answer_changes(
     recorder: Arc<crate::journal::recorder::Recorder>,
     since: Option<String>,
     path: std::path::PathBuf,
+    rendered: Option<bool>,
     reply: control::ReplyTx,
 ) {
     let spawned = std::thread::Builder::new()
@@ -403,7 +410,14 @@ fn answer_changes(
                 .map(str::parse::<crate::journal::Token>)
                 .transpose()
                 .and_then(|since| recorder.answer(since.as_ref(), &path))
-                .and_then(|a| Ok(control::Reply::Encoded(serde_json::to_vec(&a)?)))
+                .and_then(|a| {
+                    Ok(match rendered {
+                        Some(json) => {
+                            control::Reply::Output(a.render(recorder.root(), &path, json)?)
+                        }
+                        None => control::Reply::Encoded(serde_json::to_vec(&a)?),
+                    })
+                })
                 .map_err(|e| format!("{e:#}"));
             let _ = reply.send(answer);
         });

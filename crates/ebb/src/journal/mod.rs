@@ -17,6 +17,8 @@ pub mod recorder;
 
 use std::os::unix::fs::MetadataExt;
 
+use std::path::Path;
+
 use anyhow::{bail, Result};
 
 /// What happened to a path.
@@ -213,6 +215,56 @@ pub struct AnsweredChange {
     pub path: String,
     pub kind: Kind,
     pub is_dir: bool,
+}
+
+impl Answer {
+    /// `ebb changes`'s output: under `root` (the tree's), asked about
+    /// `asked`; one JSON object per line with `json`, else text. The token
+    /// is always the last line (a reader can tell a whole answer by it).
+    pub fn render(&self, root: &Path, asked: &Path, json: bool) -> std::io::Result<Vec<u8>> {
+        use std::io::Write;
+        /// One line of `--json` (fields in the order `json!` printed them).
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            is_dir: bool,
+            kind: Kind,
+            path: &'a Path,
+        }
+        let mut out = Vec::with_capacity(64 * (self.changes.len() + 2));
+        if let Some(why) = &self.everything {
+            if json {
+                let line = serde_json::json!({"path": asked, "everything": true, "reason": why});
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(
+                    out,
+                    "everything under {} may have changed: {why}",
+                    asked.display()
+                )?;
+            }
+        }
+        for c in &self.changes {
+            let abs = root.join(&c.path);
+            if json {
+                let line = Line {
+                    is_dir: c.is_dir,
+                    kind: c.kind,
+                    path: &abs,
+                };
+                serde_json::to_writer(&mut out, &line)?;
+                out.push(b'\n');
+            } else {
+                let slash = if c.is_dir { "/" } else { "" };
+                writeln!(out, "{:<9} {}{slash}", c.kind, abs.display())?;
+            }
+        }
+        if json {
+            writeln!(out, "{}", serde_json::json!({"token": self.token}))?;
+        } else {
+            writeln!(out, "token {}", self.token)?;
+        }
+        Ok(out)
+    }
 }
 
 /// Builds an answer's list: one entry per path, the last change to each,

@@ -161,6 +161,11 @@ impl Recorder {
         })
     }
 
+    /// The root of the tree it records.
+    pub fn root(&self) -> &Path {
+        self.tree.root()
+    }
+
     /// What changed under `path` since `since` (`None`: nothing is asked,
     /// only the current token), up to the moment of the call.
     pub fn answer(&self, since: Option<&Token>, path: &Path) -> Result<Answer> {
