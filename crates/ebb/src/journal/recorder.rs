@@ -246,6 +246,9 @@ impl Recorder {
         );
         let path = self.tree.state_dir().join(COOKIES).join(&name);
         File::create(&path).with_context(|| format!("creating the cookie {}", path.display()))?;
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
         let seen = {
             let mut seen = self.cookies.seen.lock().unwrap_or_else(|e| e.into_inner());
             let deadline = Instant::now() + SYNC_TIMEOUT;
@@ -334,7 +337,8 @@ impl Worker {
                 )];
                 nix::poll::poll(&mut fds, nix::poll::PollTimeout::try_from(wait)?) == Ok(0)
             } else {
-                std::thread::sleep(COMMIT_EVERY.saturating_sub(committed.elapsed()));
+                // A query unparks it: its cookie need not wait.
+                std::thread::park_timeout(COMMIT_EVERY.saturating_sub(committed.elapsed()));
                 false
             };
             if stalled() {
