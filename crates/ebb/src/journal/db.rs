@@ -165,7 +165,7 @@ impl Journal {
     }
 
     /// Append `changes`, in one transaction, leaving the index entries of
-    /// the paths they touch (see [`touched`]) to [`Journal::reindex`]: the
+    /// the paths they touch to [`Journal::reindex`]: the
     /// recorder does that later, when events stop coming, so that a burst
     /// costs one small write per batch. Only a directory's move or removal
     /// moves or removes the entries below it here.
@@ -399,7 +399,7 @@ fn unix_now() -> i64 {
 /// Each path `changes` touch, in order, with whether that change took it
 /// away (a delete, or the old name of a rename); a path met again later
 /// comes again.
-pub fn touched(changes: &[Change]) -> impl Iterator<Item = (&str, bool)> {
+fn touched(changes: &[Change]) -> impl Iterator<Item = (&str, bool)> {
     changes.iter().flat_map(|c| {
         std::iter::once((c.path.as_str(), c.kind == Kind::Deleted))
             .chain(c.from.as_deref().map(|from| (from, true)))
