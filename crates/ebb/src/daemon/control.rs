@@ -302,7 +302,7 @@ pub fn changes_output(
 ) -> Result<Vec<u8>> {
     let pid = daemon_pid(tree)?.with_context(|| not_recording(tree))?;
     let sock = connect(tree, pid)?;
-    let (mut reader, _) = send(
+    let (mut reader, first) = send(
         &sock,
         &Request::Changes {
             since: since.map(ToString::to_string),
@@ -315,12 +315,30 @@ pub fn changes_output(
     reader
         .read_to_end(&mut output)
         .context("reading the daemon's answer")?;
+    if output.is_empty() {
+        output = render_structured(&first, tree.root(), path, json);
+    }
     anyhow::ensure!(
         ends_with_token(&output),
         "the daemon's answer was cut short (did it stop? see {})",
         tree.log_path().display()
     );
     Ok(output)
+}
+
+/// A daemon from before rendered answers (still running across an
+/// upgrade) answers in one structured line: `ebb changes`' output from it
+/// (empty if it is not one).
+fn render_structured(
+    line: &str,
+    root: &std::path::Path,
+    asked: &std::path::Path,
+    json: bool,
+) -> Vec<u8> {
+    serde_json::from_str::<crate::journal::Answer>(line)
+        .ok()
+        .and_then(|answer| answer.render(root, asked, json).ok())
+        .unwrap_or_default()
 }
 
 /// Whether `output` of `ebb changes` is whole: its last line is the token.
@@ -479,6 +497,7 @@ fn answer(conn: &UnixStream, deliver: &impl Fn(Incoming)) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn an_encoded_reply_gets_ok_in_front_of_its_fields() {
@@ -487,6 +506,17 @@ mod tests {
         assert_eq!(v, serde_json::json!({"ok": true, "token": "t", "n": [1]}));
         let v: serde_json::Value = serde_json::from_slice(&with_ok(b"{ }".to_vec())).unwrap();
         assert_eq!(v, serde_json::json!({"ok": true}));
+    }
+
+    #[test]
+    fn a_structured_answer_from_an_older_daemon_is_rendered_by_the_client() {
+        let line = r#"{"ok":true,"token":"ebb:ab:3","everything":null,"changes":[{"path":"d/f","kind":"created","is_dir":false}]}"#;
+        let out = render_structured(line, Path::new("/t"), Path::new("/t/d"), false);
+        assert_eq!(out, b"created   /t/d/f\ntoken ebb:ab:3\n".to_vec());
+        assert!(ends_with_token(&out));
+        assert!(
+            render_structured(r#"{"ok":true}"#, Path::new("/t"), Path::new("/t"), true).is_empty()
+        );
     }
 
     #[test]
