@@ -150,7 +150,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     // being repaired): ask until the answer is exact.
     let answer = loop {
         let answer = changes(&opts.exe, &root, Some(&token))?;
-        if !answer.contains("\"everything\":true") {
+        if is_exact(&answer) {
             break answer;
         }
         anyhow::ensure!(
@@ -245,13 +245,18 @@ fn journal_ingest(exe: &Path, dir: &Path, files: usize) -> Result<Ingest> {
     })
 }
 
+/// Whether `ebb changes --json` output names paths, not "everything".
+fn is_exact(answer: &str) -> bool {
+    !answer.contains("\"everything\":true")
+}
+
 /// Wait until the journal of the daemon serving `root` answers exactly
 /// (it indexes a new tree, or crawls after downtime, first).
 fn wait_until_exact(exe: &Path, root: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         if let Ok(token) = changes(exe, root, None) {
-            if changes(exe, root, Some(&token)).is_ok_and(|a| !a.contains("\"everything\":true")) {
+            if changes(exe, root, Some(&token)).is_ok_and(|a| is_exact(&a)) {
                 return Ok(());
             }
         }
