@@ -158,6 +158,25 @@ pub fn run(opts: &Options) -> Result<Report> {
     })
 }
 
+/// Wait until the filesystem at `dir` is done freeing what was removed:
+/// synced, and its free block count still for half a second.
+fn settle(dir: &Path) -> Result<()> {
+    let free = || -> Result<u64> {
+        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&File::open(dir)?))?;
+        Ok(nix::sys::statvfs::statvfs(dir)?.blocks_free())
+    };
+    let (mut last, deadline) = (free()?, Instant::now() + Duration::from_secs(120));
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = free()?;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    Ok(())
+}
+
 /// One clone with the probes running.
 struct Measured {
     took: Duration,
@@ -172,6 +191,10 @@ fn with_probes(
     path: &Path,
     clone: impl FnOnce() -> Result<serde_json::Value>,
 ) -> Result<Measured> {
+    // Making the file, or freeing the last clone's shared extents, goes on
+    // in the background (XFS inode inactivation) for seconds: it is neither
+    // clone's cost.
+    settle(path.parent().context("no parent")?)?;
     let writer = Probe::start(&opts.exe, path, true)?;
     let reader = Probe::start(&opts.exe, path, false)?;
     std::thread::sleep(Duration::from_millis(300));

@@ -36,6 +36,14 @@ const MAX_BATCH_UNITS: usize = 64;
 /// next call, so that they get the file's locks before it does.
 const AFTER_ACCESSES: Duration = Duration::from_micros(200);
 
+/// How often the log is forced while a snapshot is taken on XFS.
+const FORCE_EVERY: Duration = Duration::from_millis(50);
+/// An access that needs units cloned first gets the aligned group of this
+/// many (at most the sweep's batch) around them: on XFS under a random
+/// writer, 1.1–1.3× FICLONE's time instead of 1.4–1.45× (fewer calls),
+/// for a few more ms of waiting.
+const EARLY_GROUP_UNITS: usize = 4;
+
 /// What snapshot threads tell the loop.
 pub enum Msg {
     /// A request was checked and prepared (or refused).
@@ -440,7 +448,8 @@ fn run_job(
         let _ = msgs.send(Msg::Ready(event));
         poke();
     };
-    let result = sweep(&job, &ensures, &ready).and_then(|()| job.finish());
+    let result =
+        with_log_forced(&job, || sweep(&job, &ensures, &ready)).and_then(|()| job.finish());
     let result = match result {
         Ok(took) => Ok(report(&job, took)),
         Err(e) => {
@@ -460,6 +469,30 @@ fn run_job(
     }
 }
 
+/// Run `f` with a thread beside it that forces the log every
+/// [`FORCE_EVERY`] where the job needs it ([`Job::needs_log_forced`]).
+fn with_log_forced<T>(job: &Job, f: impl FnOnce() -> T) -> T {
+    if !job.needs_log_forced() {
+        return f();
+    }
+    std::thread::scope(|scope| {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        scope.spawn(move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(FORCE_EVERY)
+            {
+                // A failing sync fails the snapshot's last one too.
+                if let Err(e) = job.force_log() {
+                    tracing::debug!("{e:#}");
+                }
+            }
+        });
+        let out = f();
+        drop(stop);
+        out
+    })
+}
+
 fn sweep(job: &Job, ensures: &Receiver<Ensure>, ready: &impl Fn(EventId)) -> Result<()> {
     let throttle = test_throttle();
     // A guess for the first call (a unit of 64 extents takes ~1 ms on XFS
@@ -470,7 +503,14 @@ fn sweep(job: &Job, ensures: &Receiver<Ensure>, ready: &impl Fn(EventId)) -> Res
     loop {
         let mut served = false;
         while let Ok(e) = ensures.try_recv() {
-            let cloned = job.clone_units(e.units, true);
+            let cloned = job.clone_units(
+                around(
+                    e.units,
+                    last_batch.min(EARLY_GROUP_UNITS),
+                    job.plan().units(),
+                ),
+                true,
+            );
             ready(e.event);
             cloned?;
             served = true;
@@ -508,6 +548,14 @@ fn sweep(job: &Job, ensures: &Receiver<Ensure>, ready: &impl Fn(EventId)) -> Res
     }
 }
 
+/// The aligned groups of `group` units that hold `units`, cut at `n`.
+fn around(units: Range<usize>, group: usize, n: usize) -> Range<usize> {
+    let group = group.max(1);
+    let start = units.start / group * group;
+    let end = units.end.div_ceil(group).saturating_mul(group).min(n);
+    start..end.max(units.end)
+}
+
 /// `EBB_TEST_SNAPSHOT_THROTTLE_MS`: tests make the sweep clone one unit at
 /// a time with this pause between, so that writers run during it.
 fn test_throttle() -> Option<Duration> {
@@ -516,4 +564,18 @@ fn test_throttle() -> Option<Duration> {
         .parse()
         .ok()
         .map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::around;
+
+    #[test]
+    fn accesses_are_widened_to_aligned_groups_within_the_file() {
+        assert_eq!(around(5..6, 4, 100), 4..8);
+        assert_eq!(around(3..5, 4, 100), 0..8);
+        assert_eq!(around(97..98, 4, 98), 96..98);
+        assert_eq!(around(7..8, 1, 100), 7..8);
+        assert_eq!(around(7..8, 0, 100), 7..8);
+    }
 }
