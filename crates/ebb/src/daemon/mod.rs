@@ -405,6 +405,7 @@ fn answer_changes(
     let spawned = std::thread::Builder::new()
         .name("ebb-changes".into())
         .spawn(move || {
+            let _answering = recorder.answering();
             let answer = since
                 .as_deref()
                 .map(str::parse::<crate::journal::Token>)

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,18 @@ struct Cookies {
     /// cookie made meanwhile is seen only after the crawl, which can take
     /// longer than a query waits.
     crawling: AtomicBool,
+    /// Queries being answered: the lagging index waits for them (its
+    /// catching up would take CPU from the answer just when a burst ends).
+    answering: AtomicUsize,
+}
+
+/// A query being answered, while it lives ([`Recorder::answering`]).
+pub struct Answering<'a>(&'a AtomicUsize);
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The running recorder, as the daemon holds it.
@@ -159,6 +171,12 @@ impl Recorder {
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Hold the index's catching up back until the result is dropped.
+    pub fn answering(&self) -> Answering<'_> {
+        self.cookies.answering.fetch_add(1, Ordering::Relaxed);
+        Answering(&self.cookies.answering)
     }
 
     /// The root of the tree it records.
@@ -356,9 +374,10 @@ impl Worker {
                 appended += self.commit(std::mem::take(&mut batch))?;
                 committed = Instant::now();
             }
-            if (idle && batch.changes.is_empty() && !self.pending.is_empty())
-                || self.pending.len() > MAX_PENDING
-            {
+            let quiet = idle
+                && batch.changes.is_empty()
+                && self.cookies.answering.load(Ordering::Relaxed) == 0;
+            if (quiet && !self.pending.is_empty()) || self.pending.len() > MAX_PENDING {
                 self.reindex_some(REINDEX_CHUNK)?;
             }
             if appended > 10_000 {
