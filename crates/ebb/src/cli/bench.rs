@@ -84,12 +84,14 @@ pub enum Bench {
     },
     /// The change journal: ingest, git status with the hook, restart.
     ///
-    /// Makes a loop-mounted XFS under /var/tmp (needs root, git, and about
-    /// 8 KiB of free space per file). Ingest: two producers create, write and rename
-    /// FILES files each, seen by a bare fanotify reader that only counts,
-    /// and through the daemon's journal until `ebb changes` names every
-    /// path; twice each, in turns, the faster run of each compared (times
-    /// for the same work, as events/s). Then
+    /// Makes loop-mounted XFS filesystems under /var/tmp (needs root, git,
+    /// and about 8 KiB of free space per file). Ingest: two producers
+    /// create, write and rename FILES files each, seen by a bare fanotify
+    /// reader that only counts, and through the daemon's journal until
+    /// `ebb changes` names every path; three times each, each run on a
+    /// fresh filesystem, in the order bare, journal, journal, bare, bare,
+    /// journal, the means compared (times for the same work, as events/s).
+    /// Then
     /// `git status` in a repository of REPO_FILES files (a few changed),
     /// warm (best of 5) and cold (median of 3, caches dropped): no
     /// fsmonitor, a trivial hook that answers "nothing changed", ebb's
