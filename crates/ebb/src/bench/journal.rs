@@ -33,6 +33,9 @@ pub struct Options {
     pub files: usize,
     /// Files in the generated git repository.
     pub repo_files: usize,
+    /// Files each producer makes before each timed ingest run, on both
+    /// sides: the journal then holds them, as one in use would.
+    pub prefill: usize,
     pub exe: PathBuf,
 }
 
@@ -56,6 +59,8 @@ pub struct Report {
     pub journal_answer_secs: f64,
     /// Paths missing from the journal's answers, all runs (goal 0).
     pub lost: u64,
+    /// Files each producer made before each timed run.
+    pub prefill_files: usize,
     pub repo_files: usize,
     pub status_warm_plain_ms: f64,
     pub status_warm_trivial_ms: f64,
@@ -82,11 +87,11 @@ pub fn run(opts: &Options) -> Result<Report> {
     let (mut bare_runs, mut journal_runs) = (Vec::new(), Vec::new());
     for bare_first in [true, false, true] {
         if bare_first {
-            bare_runs.push(bare_run(opts.files)?);
+            bare_runs.push(bare_run(opts)?);
         }
-        journal_runs.push(journal_ingest(&opts.exe, opts.files)?);
+        journal_runs.push(journal_ingest(opts)?);
         if !bare_first {
-            bare_runs.push(bare_run(opts.files)?);
+            bare_runs.push(bare_run(opts)?);
         }
     }
     let bare = mean(bare_runs.iter().copied());
@@ -179,6 +184,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         journal_backlog_secs: (journal.caught_up - journal.produced).as_secs_f64(),
         journal_answer_secs: (journal.took - journal.caught_up).as_secs_f64(),
         lost: journal.lost,
+        prefill_files: opts.prefill,
         repo_files: opts.repo_files,
         status_warm_plain_ms: warm[0],
         status_warm_trivial_ms: warm[1],
@@ -207,11 +213,13 @@ struct Ingest {
 
 /// [`produce`] in a new directory of a fresh tree that the daemon serves,
 /// until `ebb changes` names every file.
-fn journal_ingest(exe: &Path, files: usize) -> Result<Ingest> {
+fn journal_ingest(opts: &Options) -> Result<Ingest> {
+    let (exe, files) = (opts.exe.as_path(), opts.files);
     let fs = new_fs()?;
     let tree = new_tree(&fs)?;
     let _daemon = Daemon(start_daemon(exe, &tree, None)?);
     wait_until_exact(exe, &tree)?;
+    prefill(&tree, opts.prefill)?;
     let dir = tree.join("journaled");
     let token = changes(exe, &tree, None)?;
     std::fs::create_dir(&dir)?;
@@ -247,9 +255,28 @@ fn journal_ingest(exe: &Path, files: usize) -> Result<Ingest> {
 }
 
 /// [`bare_ingest`] on a fresh filesystem.
-fn bare_run(files: usize) -> Result<Duration> {
+fn bare_run(opts: &Options) -> Result<Duration> {
     let fs = new_fs()?;
-    bare_ingest(&fs.path().join("bare"), files)
+    prefill(fs.path(), opts.prefill)?;
+    bare_ingest(&fs.path().join("bare"), opts.files)
+}
+
+/// Make `files` files per producer in `under`/prefill, untimed; then let
+/// the filesystem (and the journal's lagging index) settle.
+fn prefill(under: &Path, files: usize) -> Result<()> {
+    if files == 0 {
+        return Ok(());
+    }
+    let dir = under.join("prefill");
+    std::fs::create_dir(&dir)?;
+    for p in produce(&dir, files) {
+        p.join()
+            .map_err(|_| anyhow::anyhow!("a producer panicked"))??;
+    }
+    nix::unistd::sync();
+    // The lagging index catches up in a few seconds for 200 000 paths.
+    std::thread::sleep(Duration::from_millis(files as u64 / 20).min(Duration::from_secs(5)));
+    Ok(())
 }
 
 fn mean(runs: impl ExactSizeIterator<Item = Duration>) -> Duration {

@@ -91,7 +91,8 @@ pub enum Bench {
     /// `ebb changes` names every path; three times each, each run on a
     /// fresh filesystem, in the order bare, journal, journal, bare, bare,
     /// journal, the means compared (times for the same work, as events/s).
-    /// Then
+    /// Before each timed run the same producers make PREFILL files each
+    /// (the journal records them): a journal in use, not a new one. Then
     /// `git status` in a repository of REPO_FILES files (a few changed),
     /// warm (best of 5) and cold (median of 3, caches dropped): no
     /// fsmonitor, a trivial hook that answers "nothing changed", ebb's
@@ -102,6 +103,10 @@ pub enum Bench {
         files: usize,
         #[arg(long, default_value_t = 100_000)]
         repo_files: usize,
+        /// Files each producer makes before each timed ingest run [default:
+        /// FILES].
+        #[arg(long)]
+        prefill: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -191,11 +196,13 @@ pub fn run(which: Bench) -> Result<ExitCode> {
         Bench::Journal {
             files,
             repo_files,
+            prefill,
             json,
         } => {
             let r = journal::run(&journal::Options {
                 files,
                 repo_files,
+                prefill: prefill.unwrap_or(files),
                 exe,
             })?;
             if json {
@@ -381,7 +388,8 @@ fn print_journal(r: &journal::Report) {
             .join(", ")
     };
     println!(
-        "    runs (the faster of each compared): bare {}; journal {}",
+        "    runs (after {} files each made before; means compared): bare {}; journal {}",
+        r.prefill_files,
         secs(&r.bare_runs_secs),
         secs(&r.journal_runs_secs)
     );
