@@ -82,7 +82,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     // 9.9, 9.5, 10.8 s), which favoured whichever side ran first: so the
     // order is bare, journal, journal, bare, bare, journal (the same mean
     // place for both) and the means are compared; one run differs from
-    // the next of the same side by up to 20%.
+    // the next of the same side by up to 25%.
     let expected = (opts.files * 2 * 3) as u64;
     let (mut bare_runs, mut journal_runs) = (Vec::new(), Vec::new());
     for bare_first in [true, false, true] {

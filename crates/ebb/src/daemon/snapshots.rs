@@ -477,16 +477,22 @@ fn with_log_forced<T>(job: &Job, f: impl FnOnce() -> T) -> T {
     }
     std::thread::scope(|scope| {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-        scope.spawn(move || {
-            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(FORCE_EVERY)
-            {
-                // A failing sync fails the snapshot's last one too.
-                if let Err(e) = job.force_log() {
-                    tracing::debug!("{e:#}");
+        let forcing = std::thread::Builder::new()
+            .name("ebb-snap-log".into())
+            .spawn_scoped(scope, move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(FORCE_EVERY)
+                {
+                    // A failing sync fails the snapshot's last one too.
+                    if let Err(e) = job.force_log() {
+                        tracing::debug!("{e:#}");
+                    }
                 }
-            }
-        });
+            });
+        if let Err(e) = forcing {
+            // Only writers' worst waits grow without it.
+            tracing::warn!("starting the snapshot's log thread: {e}");
+        }
         let out = f();
         drop(stop);
         out
