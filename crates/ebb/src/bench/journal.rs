@@ -226,10 +226,7 @@ fn journal_ingest(opts: &Options) -> Result<Ingest> {
     // The runs before are written back now, not during this one.
     nix::unistd::sync();
     let started = Instant::now();
-    for p in produce(&dir, files) {
-        p.join()
-            .map_err(|_| anyhow::anyhow!("a producer panicked"))??;
-    }
+    produce_all(&dir, files)?;
     let produced = started.elapsed();
     // Where the time after the producers goes: the recorder's backlog (a
     // query's cookie waits for it), then the answer itself.
@@ -269,10 +266,7 @@ fn prefill(under: &Path, files: usize) -> Result<()> {
     }
     let dir = under.join("prefill");
     std::fs::create_dir(&dir)?;
-    for p in produce(&dir, files) {
-        p.join()
-            .map_err(|_| anyhow::anyhow!("a producer panicked"))??;
-    }
+    produce_all(&dir, files)?;
     nix::unistd::sync();
     // The lagging index catches up in a few seconds for 200 000 paths.
     std::thread::sleep(Duration::from_millis(files as u64 / 20).min(Duration::from_secs(5)));
@@ -345,11 +339,21 @@ fn bare_ingest(dir: &Path, files: usize) -> Result<Duration> {
         }
         last = started.elapsed();
     }
+    join(producers)?;
+    Ok(last)
+}
+
+/// [`produce`], until both producers are done.
+fn produce_all(dir: &Path, files: usize) -> Result<()> {
+    join(produce(dir, files))
+}
+
+fn join(producers: Vec<std::thread::JoinHandle<Result<()>>>) -> Result<()> {
     for p in producers {
         p.join()
             .map_err(|_| anyhow::anyhow!("a producer panicked"))??;
     }
-    Ok(last)
+    Ok(())
 }
 
 /// Two threads, each making `files` files in `dir`: create, write a byte,
