@@ -90,7 +90,8 @@ pub enum Bench {
     /// reader that only counts, and through the daemon's journal until
     /// `ebb changes` names every path; three times each, each run on a
     /// fresh filesystem, in the order bare, journal, journal, bare, bare,
-    /// journal, the means compared (times for the same work, as events/s).
+    /// journal, after one untimed bare run, the means compared (times for
+    /// the same work, as events/s).
     /// Before each timed run the same producers make PREFILL files each
     /// (the journal records them): a journal in use, not a new one. Then
     /// `git status` in a repository of REPO_FILES files (a few changed),
