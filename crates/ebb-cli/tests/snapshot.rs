@@ -371,9 +371,9 @@ fn a_snapshot_cut_by_a_daemon_crash_is_finished_by_the_next_daemon_or_removed() 
 
     for keeper_dies in [false, true] {
         let _ = std::fs::remove_file(&dst);
-        // 128 units at 100 ms: it is still at it when killed, however
-        // late a loaded machine lets this thread get there (at 20 ms, a
-        // CI run once found it done).
+        // 128 units at 100 ms: still at it when killed, however late a
+        // loaded machine lets this thread get there (at 20 ms, the CLI of
+        // one loaded CI run exited 0: done before the kill, it seems).
         let slow = env.start_daemon_with(
             |cmd| {
                 cmd.env("EBB_TEST_SNAPSHOT_THROTTLE_MS", "100");
