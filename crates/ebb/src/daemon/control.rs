@@ -478,9 +478,11 @@ fn answer(conn: &UnixStream, deliver: &impl Fn(Incoming)) -> Result<()> {
             line
         }
         Ok(Reply::Output(output)) => {
-            let mut line = b"{\"ok\":true}\n".to_vec();
-            line.extend_from_slice(&output);
-            line
+            // Not copied behind the header: it may be 10s of MB.
+            let mut conn = conn;
+            conn.write_all(b"{\"ok\":true}\n")?;
+            conn.write_all(&output)?;
+            Vec::new()
         }
         Err(e) => {
             let mut line = serde_json::to_vec(&serde_json::json!({"ok": false, "error": e}))?;

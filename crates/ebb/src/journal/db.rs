@@ -304,7 +304,11 @@ impl Journal {
             "SELECT seq, kind, is_dir, path, other FROM events WHERE seq > ?1 AND kind != ?2 ORDER BY seq",
         )?;
         let mut rows = stmt.query(params![seq as i64, Kind::Gap as i64])?;
-        let (mut summary, mut upto) = (Summary::default(), seq);
+        // Room for the paths of every row after `seq` (a rename names two,
+        // most rows name a path again): the table then never grows.
+        let after = self.last_seq()?.saturating_sub(seq);
+        let mut summary = Summary::with_capacity((after as usize).min(1 << 21));
+        let mut upto = seq;
         // Rows are read in place, not as `Change`s: an answer may run to
         // 100 000s of them.
         while let Some(row) = rows.next()? {

@@ -223,13 +223,6 @@ impl Answer {
     /// is always the last line (a reader can tell a whole answer by it).
     pub fn render(&self, root: &Path, asked: &Path, json: bool) -> std::io::Result<Vec<u8>> {
         use std::io::Write;
-        /// One line of `--json` (fields in the order `json!` printed them).
-        #[derive(serde::Serialize)]
-        struct Line<'a> {
-            is_dir: bool,
-            kind: Kind,
-            path: &'a Path,
-        }
         let mut out = Vec::with_capacity(64 * (self.changes.len() + 2));
         if let Some(why) = &self.everything {
             if json {
@@ -243,19 +236,32 @@ impl Answer {
                 )?;
             }
         }
+        // Written by hand, not by serde: this runs once per path of answers
+        // naming 100 000s (a `PathBuf` and a formatter each took a third of
+        // the time of a big answer).
+        let root = root.to_string_lossy();
+        let root = root.strip_suffix('/').unwrap_or(&root);
         for c in &self.changes {
-            let abs = root.join(&c.path);
             if json {
-                let line = Line {
-                    is_dir: c.is_dir,
-                    kind: c.kind,
-                    path: &abs,
-                };
-                serde_json::to_writer(&mut out, &line)?;
-                out.push(b'\n');
+                out.extend_from_slice(if c.is_dir {
+                    b"{\"is_dir\":true,\"kind\":\""
+                } else {
+                    b"{\"is_dir\":false,\"kind\":\""
+                });
+                out.extend_from_slice(c.kind.as_str().as_bytes());
+                out.extend_from_slice(b"\",\"path\":\"");
+                push_json_str(&mut out, root);
+                out.push(b'/');
+                push_json_str(&mut out, &c.path);
+                out.extend_from_slice(b"\"}\n");
             } else {
-                let slash = if c.is_dir { "/" } else { "" };
-                writeln!(out, "{:<9} {}{slash}", c.kind, abs.display())?;
+                let kind = c.kind.as_str();
+                out.extend_from_slice(kind.as_bytes());
+                out.extend(std::iter::repeat_n(b' ', 10 - kind.len()));
+                out.extend_from_slice(root.as_bytes());
+                out.push(b'/');
+                out.extend_from_slice(c.path.as_bytes());
+                out.extend_from_slice(if c.is_dir { b"/\n" } else { b"\n" });
             }
         }
         if json {
@@ -267,43 +273,131 @@ impl Answer {
     }
 }
 
+/// `s` as the inside of a JSON string, as serde_json escapes it.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    let mut rest = s.as_bytes();
+    while let Some(at) = rest
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    {
+        out.extend_from_slice(&rest[..at]);
+        match rest[at] {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            b => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+        }
+        rest = &rest[at + 1..];
+    }
+    out.extend_from_slice(rest);
+}
+
 /// Builds an answer's list: one entry per path, the last change to each,
 /// in the order they last changed; both ends of a rename.
-#[derive(Default)]
+///
+/// An answer may name 100 000s of paths: they are kept end to end in one
+/// buffer, each found through a slot in a table that holds its last change
+/// too, not as a `String` each in a map (the allocations, the rehashing and
+/// the trips through memory were most of a 400 000-path answer).
 pub struct Summary {
-    /// aHash: SipHash was a fifth of a 400 000-path answer; still keyed at
-    /// random, so names chosen to collide cannot slow it down.
-    last: ahash::AHashMap<String, (u64, Kind, bool)>,
+    names: String,
+    /// aHash, keyed at random: names chosen to collide cannot slow it down
+    /// (SipHash was a fifth of an answer).
+    slots: hashbrown::HashTable<Slot>,
+    hasher: ahash::RandomState,
+}
+
+/// A path's last change, and where its name is in [`Summary::names`].
+struct Slot {
+    seq: u64,
+    start: usize,
+    len: u32,
+    kind: Kind,
+    is_dir: bool,
+}
+
+impl Slot {
+    fn name<'a>(&self, names: &'a str) -> &'a str {
+        &names[self.start..self.start + self.len as usize]
+    }
 }
 
 impl Summary {
+    /// A summary with room for `paths` paths before it grows.
+    pub fn with_capacity(paths: usize) -> Summary {
+        Summary {
+            names: String::with_capacity(paths * 24),
+            slots: hashbrown::HashTable::with_capacity(paths),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
     /// Count in the change `seq` made to `path` (changes come oldest first).
     pub fn add(&mut self, seq: u64, kind: Kind, is_dir: bool, path: &str) {
-        match self.last.get_mut(path) {
+        let Summary {
+            names,
+            slots,
+            hasher,
+        } = self;
+        let hash = hasher.hash_one(path);
+        match slots.find_mut(hash, |s| s.name(names) == path) {
             Some(slot) => {
                 // Made since, then written: still "created" to whoever asks.
-                let kind = match (slot.1, kind) {
+                slot.kind = match (slot.kind, kind) {
                     (Kind::Created, Kind::Modified | Kind::Attrib) => Kind::Created,
                     _ => kind,
                 };
-                *slot = (seq, kind, is_dir);
+                (slot.seq, slot.is_dir) = (seq, is_dir);
             }
-            // Borrowed until here: most rows of a big answer name a path
-            // again, and need no copy of it.
             None => {
-                self.last.insert(path.to_owned(), (seq, kind, is_dir));
+                let slot = Slot {
+                    seq,
+                    start: names.len(),
+                    len: path.len() as u32,
+                    kind,
+                    is_dir,
+                };
+                names.push_str(path);
+                slots.insert_unique(hash, slot, |s| hasher.hash_one(s.name(names)));
             }
         }
     }
 
+    /// How many paths it names.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     pub fn finish(self) -> Vec<AnsweredChange> {
-        let mut out: Vec<(u64, AnsweredChange)> = self
-            .last
-            .into_iter()
-            .map(|(path, (seq, kind, is_dir))| (seq, AnsweredChange { path, kind, is_dir }))
-            .collect();
-        out.sort_unstable_by(|a, b| (a.0, &a.1.path).cmp(&(b.0, &b.1.path)));
-        out.into_iter().map(|(_, c)| c).collect()
+        let Summary { names, slots, .. } = self;
+        let name = |s: &Slot| s.name(&names);
+        // Sorted where they lie, not through references (the table is in
+        // hash order: every step of a sort would be a trip through memory).
+        let mut order: Vec<Slot> = slots.into_iter().collect();
+        // The names only order the two ends of a rename.
+        order.sort_unstable_by(|a, b| a.seq.cmp(&b.seq).then_with(|| name(a).cmp(name(b))));
+        order
+            .iter()
+            .map(|s| AnsweredChange {
+                path: name(s).to_owned(),
+                kind: s.kind,
+                is_dir: s.is_dir,
+            })
+            .collect()
+    }
+}
+
+impl Default for Summary {
+    fn default() -> Summary {
+        Summary::with_capacity(0)
     }
 }
 
@@ -358,6 +452,78 @@ mod tests {
             );
         }
         assert_eq!(Entry::at(root.as_fd(), "sub/none"), None);
+    }
+
+    #[test]
+    fn rendered_lines_are_the_json_serde_would_write() {
+        let odd = [
+            "a",
+            "d\"q\\b",
+            "tab\there\nnl\r\u{8}\u{c}\u{1}\u{1f}",
+            "ünï/cödé",
+            "",
+        ];
+        let answer = Answer {
+            token: "ebb:ab:3".into(),
+            everything: None,
+            changes: odd
+                .iter()
+                .enumerate()
+                .map(|(i, p)| AnsweredChange {
+                    path: p.to_string(),
+                    kind: Kind::Renamed,
+                    is_dir: i % 2 == 0,
+                })
+                .collect(),
+        };
+        for root in ["/t", "/", "/t/x y"] {
+            let out = answer
+                .render(Path::new(root), Path::new(root), true)
+                .unwrap();
+            let lines: Vec<&str> = std::str::from_utf8(&out).unwrap().lines().collect();
+            for (line, c) in lines.iter().zip(&answer.changes) {
+                let want = serde_json::json!({
+                    "is_dir": c.is_dir,
+                    "kind": c.kind,
+                    "path": Path::new(root).join(&c.path),
+                });
+                assert_eq!(*line, want.to_string(), "{root:?} {:?}", c.path);
+            }
+            assert_eq!(lines.last(), Some(&r#"{"token":"ebb:ab:3"}"#));
+            let text = answer
+                .render(Path::new(root), Path::new(root), false)
+                .unwrap();
+            let first = std::str::from_utf8(&text)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap()
+                .to_string();
+            let abs = Path::new(root).join("a");
+            assert_eq!(first, format!("{:<9} {}/", "renamed", abs.display()));
+        }
+    }
+
+    #[test]
+    fn a_summary_that_outgrows_its_room_still_names_each_path_once_in_order() {
+        let mut summary = Summary::with_capacity(1);
+        for seq in 0..20_000u64 {
+            // Each path comes twice, 10 000 changes apart.
+            let path = format!("d/{}", seq % 10_000);
+            let kind = if seq < 10_000 {
+                Kind::Modified
+            } else {
+                Kind::Attrib
+            };
+            summary.add(seq, kind, false, &path);
+        }
+        let s = summary.finish();
+        assert_eq!(s.len(), 10_000);
+        assert!(s
+            .iter()
+            .enumerate()
+            .all(|(i, c)| c.path == format!("d/{i}")));
+        assert!(s.iter().all(|c| c.kind == Kind::Attrib));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The recorder: a thread of the daemon that turns fanotify events into
 //! journal entries, and the query side (cookie, then read).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,10 +15,10 @@ use anyhow::{Context, Result};
 use super::db::{Journal, Since};
 use super::{crawl, Answer, Change, Entry, Kind, Token};
 use crate::sys::fanotify::{
-    Event, EventBuffer, Group, InitOptions, INFO_DFID_NAME, INFO_FID, INFO_NEW_DFID_NAME,
+    EventBuffer, Group, InitOptions, NamedEvent, INFO_DFID_NAME, INFO_FID, INFO_NEW_DFID_NAME,
     INFO_OLD_DFID_NAME,
 };
-use crate::sys::handle::{handle_of, open_by_handle, FileHandle};
+use crate::sys::handle::{handle_of, open_by_handle, FileHandle, HandleRef};
 use crate::tree::Tree;
 
 /// What the journal's group watches.
@@ -62,9 +62,13 @@ const IDLE: Duration = Duration::from_millis(20);
 /// Index entries brought up to date per transaction: events wait at most
 /// that long (a few ms) while the index catches up.
 const REINDEX_CHUNK: usize = 2048;
-/// Index entries allowed to lag behind their events: beyond that the index
-/// catches up even while events keep coming (memory stays bounded).
-const MAX_PENDING: usize = 1 << 18;
+/// Lagging changes sorted into [`Worker::pending`] per step: a step takes
+/// a few ms, so a query's cookie waits no longer than that.
+const SORT_CHUNK: usize = 16_384;
+/// Changes whose index entries may lag behind their events: beyond that
+/// the index catches up even while events keep coming (memory stays
+/// bounded: a change kept costs ~100 bytes).
+const MAX_LAGGING: usize = 1 << 19;
 
 /// Cookies the recorder has seen, for queries waiting on them.
 #[derive(Default)]
@@ -132,7 +136,8 @@ impl Recorder {
             root_fd,
             group,
             journal,
-            dirs: HashMap::from([(root_handle, String::new())]),
+            dirs: hashbrown::HashMap::from([(root_handle, String::new())]),
+            lagging: VecDeque::new(),
             pending: BTreeMap::new(),
             state_handle,
             cookie_handle,
@@ -300,9 +305,9 @@ impl Drop for Recorder {
 }
 
 /// Where a directory handle points.
-enum Dir {
+enum Dir<'a> {
     /// This path under the tree.
-    Inside(String),
+    Inside(&'a str),
     /// Outside the tree, or ebb's own state: not journaled.
     Ignored,
     /// Cannot be known any more (the directory is gone).
@@ -315,8 +320,14 @@ struct Worker {
     root_fd: File,
     group: Group,
     journal: Journal,
-    /// Directory paths by handle (relative to the root).
-    dirs: HashMap<FileHandle, String>,
+    /// Directory paths by handle (relative to the root); searched with the
+    /// handles of events where they lie in the read buffer.
+    dirs: hashbrown::HashMap<FileHandle, String>,
+    /// Changes recorded whose index entries lag behind, oldest first, not
+    /// yet sorted into `pending`: in a burst, keeping them costs a push (a
+    /// sorted map of their paths cost a tenth of the recorder's time), and
+    /// they are sorted when events stop coming.
+    lagging: VecDeque<Change>,
     /// Paths whose index entries lag behind their events, with whether
     /// their last change took them away. A daemon that dies with some
     /// leaves an index older than the journal: the crawl after the gap then
@@ -344,7 +355,7 @@ impl Worker {
             // then and read what came meanwhile in one go: woken for each
             // event, the recorder spent most of its time in poll and read.
             let idle = if batch.changes.is_empty() {
-                let wait = if self.pending.is_empty() {
+                let wait = if self.lag() == 0 {
                     Duration::from_millis(100)
                 } else {
                     IDLE
@@ -377,8 +388,8 @@ impl Worker {
             let quiet = idle
                 && batch.changes.is_empty()
                 && self.cookies.answering.load(Ordering::Relaxed) == 0;
-            if (quiet && !self.pending.is_empty()) || self.pending.len() > MAX_PENDING {
-                self.reindex_some(REINDEX_CHUNK)?;
+            if (quiet && self.lag() > 0) || self.lag() > MAX_LAGGING {
+                self.catch_up_some()?;
             }
             if appended > 10_000 {
                 appended = 0;
@@ -386,8 +397,8 @@ impl Worker {
             }
         }
         self.commit(batch)?;
-        while !self.pending.is_empty() {
-            self.reindex_some(REINDEX_CHUNK)?;
+        while self.lag() > 0 {
+            self.catch_up_some()?;
         }
         Ok(())
     }
@@ -404,7 +415,7 @@ impl Worker {
         let recorded = changes.len() as u64;
         if !changes.is_empty() {
             self.journal.record(&changes)?;
-            self.lag_index(changes);
+            self.lagging.extend(changes);
         }
         if let Some(why) = gap {
             tracing::warn!("journal: {why}; crawling to repair the gap");
@@ -419,8 +430,28 @@ impl Worker {
         Ok(recorded)
     }
 
-    /// Note the paths `changes` touched as lagging in the index.
-    fn lag_index(&mut self, changes: Vec<Change>) {
+    /// Changes whose index entries lag behind.
+    fn lag(&self) -> usize {
+        self.lagging.len() + self.pending.len()
+    }
+
+    /// One step of bringing the index up to date: sort some lagging
+    /// changes into `pending`, or once all are, reindex some of its paths.
+    /// All are sorted first: a directory's move moves the pending paths
+    /// below it, and a path reindexed before that would be looked up where
+    /// it no longer is.
+    fn catch_up_some(&mut self) -> Result<()> {
+        if self.lagging.is_empty() {
+            return self.reindex_some(REINDEX_CHUNK);
+        }
+        let n = self.lagging.len().min(SORT_CHUNK);
+        let step: Vec<Change> = self.lagging.drain(..n).collect();
+        self.sort_into_pending(step);
+        Ok(())
+    }
+
+    /// Note the paths `changes` touched as pending in the index.
+    fn sort_into_pending(&mut self, changes: Vec<Change>) {
         for c in changes {
             if let (Kind::Renamed, true, Some(from)) = (c.kind, c.is_dir, &c.from) {
                 self.move_pending(from, &c.path);
@@ -469,11 +500,12 @@ impl Worker {
     /// (reads come back full), keep reading, up to [`MAX_BATCH`] changes.
     fn gather(&mut self, buf: &mut EventBuffer, batch: &mut Batch) -> Result<()> {
         loop {
-            let events = self.group.read_events(buf)?;
-            for event in &events {
+            let mut read = 0;
+            for event in self.group.read_named(buf)? {
                 self.take(event, batch);
+                read += 1;
             }
-            if events.len() < BEHIND
+            if read < BEHIND
                 || !batch.cookies.is_empty()
                 || batch.gap.is_some()
                 || batch.changes.len() >= MAX_BATCH
@@ -483,7 +515,7 @@ impl Worker {
         }
     }
 
-    fn take(&mut self, event: &Event, batch: &mut Batch) {
+    fn take(&mut self, event: NamedEvent<'_>, batch: &mut Batch) {
         if event.mask & libc::FAN_Q_OVERFLOW != 0 {
             batch.gap = Some("the kernel's event queue overflowed");
             return;
@@ -526,6 +558,7 @@ impl Worker {
         self.journal.append(&changes, |p| now.get(p).copied())?;
         self.journal.close_gaps()?;
         // The index holds what the crawl saw now, lagging paths included.
+        self.lagging.clear();
         self.pending.clear();
         if !waiting.is_empty() {
             let mut seen = self.cookies.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -582,18 +615,18 @@ impl Worker {
     /// The change an event means; `Err` if its directory cannot be known.
     fn translate(
         &mut self,
-        event: &Event,
+        event: NamedEvent<'_>,
         cookies: &mut Vec<String>,
     ) -> Result<Option<Change>, ()> {
         let is_dir = event.mask & libc::FAN_ONDIR != 0;
-        let named = |kind: u8| event.fids.iter().find(|f| f.kind == kind);
         if event.mask & libc::FAN_RENAME != 0 {
-            let (Some(old), Some(new)) = (named(INFO_OLD_DFID_NAME), named(INFO_NEW_DFID_NAME))
+            let (Some(old), Some(new)) =
+                (event.fid(INFO_OLD_DFID_NAME), event.fid(INFO_NEW_DFID_NAME))
             else {
                 return Err(());
             };
-            let from = self.path_in(&old.handle, old.name.as_deref())?;
-            let to = self.path_in(&new.handle, new.name.as_deref())?;
+            let from = self.path_in(old.handle, old.name)?;
+            let to = self.path_in(new.handle, new.name)?;
             let (from, to) = match (from, to) {
                 (None, None) => return Ok(None),
                 (Some(from), None) => (from, None),
@@ -626,18 +659,18 @@ impl Worker {
                 from: Some(from),
             }));
         }
-        let Some(entry) = named(INFO_DFID_NAME) else {
+        let Some(entry) = event.fid(INFO_DFID_NAME) else {
             return Ok(None);
         };
-        if entry.handle == self.cookie_handle {
+        if entry.handle == self.cookie_handle.as_ref() {
             if event.mask & libc::FAN_CREATE != 0 {
-                if let Some(name) = &entry.name {
+                if let Some(name) = entry.name {
                     cookies.push(String::from_utf8_lossy(name).into_owned());
                 }
             }
             return Ok(None);
         }
-        let Some(path) = self.path_in(&entry.handle, entry.name.as_deref())? else {
+        let Some(path) = self.path_in(entry.handle, entry.name)? else {
             return Ok(None);
         };
         let (created, deleted) = (
@@ -664,8 +697,8 @@ impl Worker {
         // A new directory's own handle comes with its create: its children
         // can be placed even if it is gone before they are read.
         if is_dir && kind == Kind::Created {
-            if let Some(target) = named(INFO_FID) {
-                self.remember(target.handle.clone(), path.clone());
+            if let Some(target) = event.fid(INFO_FID) {
+                self.remember(target.handle.to_owned(), path.clone());
             }
         }
         Ok(Some(Change {
@@ -677,36 +710,38 @@ impl Worker {
     }
 
     /// The path of `name` in the directory `dir`; `None` if not journaled.
-    fn path_in(&mut self, dir: &FileHandle, name: Option<&[u8]>) -> Result<Option<String>, ()> {
-        let dir = match self.dir(dir) {
-            Dir::Inside(p) => p,
-            Dir::Ignored => return Ok(None),
-            Dir::Unknown => return Err(()),
+    fn path_in(&mut self, dir: HandleRef<'_>, name: Option<&[u8]>) -> Result<Option<String>, ()> {
+        let name = String::from_utf8_lossy(name.unwrap_or_default());
+        let dir = match self.dirs.get(&dir) {
+            Some(dir) => dir,
+            None => match self.look_up_dir(dir) {
+                Dir::Inside(dir) => dir,
+                Dir::Ignored => return Ok(None),
+                Dir::Unknown => return Err(()),
+            },
         };
-        let name = String::from_utf8_lossy(name.unwrap_or_default()).into_owned();
         if name.is_empty() || name == "." {
-            return Ok(Some(dir));
+            return Ok(Some(dir.to_owned()));
         }
-        if dir.is_empty() && name == crate::tree::STATE_DIR {
-            return Ok(None);
+        if dir.is_empty() {
+            return Ok((name != crate::tree::STATE_DIR).then(|| name.into_owned()));
         }
-        Ok(Some(if dir.is_empty() {
-            name
-        } else {
-            format!("{dir}/{name}")
-        }))
+        let mut path = String::with_capacity(dir.len() + 1 + name.len());
+        path.push_str(dir);
+        path.push('/');
+        path.push_str(&name);
+        Ok(Some(path))
     }
 
-    fn dir(&mut self, handle: &FileHandle) -> Dir {
-        if *handle == self.state_handle {
+    /// Where a directory not seen yet is, by opening its handle (then it is
+    /// remembered).
+    fn look_up_dir(&mut self, handle: HandleRef<'_>) -> Dir<'_> {
+        if handle == self.state_handle.as_ref() {
             return Dir::Ignored;
-        }
-        if let Some(p) = self.dirs.get(handle) {
-            return Dir::Inside(p.clone());
         }
         let Ok(fd) = open_by_handle(
             self.root_fd.as_fd(),
-            handle,
+            &handle.to_owned(),
             libc::O_PATH | libc::O_DIRECTORY,
         ) else {
             return Dir::Unknown;
@@ -732,15 +767,20 @@ impl Worker {
         if rel == crate::tree::STATE_DIR || rel.starts_with(".ebb/") {
             return Dir::Ignored;
         }
-        self.remember(handle.clone(), rel.clone());
-        Dir::Inside(rel)
+        Dir::Inside(self.remember(handle.to_owned(), rel))
     }
 
-    fn remember(&mut self, handle: FileHandle, path: String) {
+    fn remember(&mut self, handle: FileHandle, path: String) -> &String {
         if self.dirs.len() >= MAX_DIRS {
             self.dirs.retain(|_, p| p.is_empty());
         }
-        self.dirs.insert(handle, path);
+        match self.dirs.entry(handle) {
+            hashbrown::hash_map::Entry::Occupied(mut e) => {
+                e.insert(path);
+                e.into_mut()
+            }
+            hashbrown::hash_map::Entry::Vacant(e) => e.insert(path),
+        }
     }
 
     /// A directory moved: the paths remembered under it move too.
@@ -757,5 +797,9 @@ impl Worker {
 /// `EBB_TEST_JOURNAL_STALL` exists: to make the kernel's queue overflow for
 /// real, to keep index entries lagging, to make a crawl last.
 fn stalled() -> bool {
-    std::env::var_os("EBB_TEST_JOURNAL_STALL").is_some_and(|s| Path::new(&s).exists())
+    static STALL: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    STALL
+        .get_or_init(|| std::env::var_os("EBB_TEST_JOURNAL_STALL").map(PathBuf::from))
+        .as_ref()
+        .is_some_and(|s| s.exists())
 }

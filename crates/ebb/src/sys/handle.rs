@@ -18,6 +18,38 @@ pub struct FileHandle {
     pub bytes: Vec<u8>,
 }
 
+impl FileHandle {
+    pub fn as_ref(&self) -> HandleRef<'_> {
+        HandleRef {
+            handle_type: self.handle_type,
+            bytes: &self.bytes,
+        }
+    }
+}
+
+/// A [`FileHandle`] where it lies (in an event buffer). It hashes as the
+/// owned one does, so a map keyed by `FileHandle` is searched with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HandleRef<'a> {
+    pub handle_type: i32,
+    pub bytes: &'a [u8],
+}
+
+impl HandleRef<'_> {
+    pub fn to_owned(self) -> FileHandle {
+        FileHandle {
+            handle_type: self.handle_type,
+            bytes: self.bytes.to_vec(),
+        }
+    }
+}
+
+impl hashbrown::Equivalent<FileHandle> for HandleRef<'_> {
+    fn equivalent(&self, key: &FileHandle) -> bool {
+        *self == key.as_ref()
+    }
+}
+
 impl fmt::Display for FileHandle {
     /// `<type>:<hex bytes>`, the form stored in the catalog.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -115,6 +147,31 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_map_of_handles_is_searched_with_borrowed_ones() {
+        let handles: Vec<FileHandle> = (0..1000u32)
+            .map(|i| FileHandle {
+                handle_type: (i % 3) as i32,
+                bytes: i.to_ne_bytes().repeat(2),
+            })
+            .collect();
+        let map: hashbrown::HashMap<FileHandle, u32> = handles.iter().cloned().zip(0..).collect();
+        for (i, h) in handles.iter().enumerate() {
+            let bytes = h.bytes.clone();
+            let borrowed = HandleRef {
+                handle_type: h.handle_type,
+                bytes: &bytes,
+            };
+            assert_eq!(map.get(&borrowed), Some(&(i as u32)));
+            assert_eq!(borrowed.to_owned(), *h);
+        }
+        let other = HandleRef {
+            handle_type: 5,
+            bytes: &[0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        assert_eq!(map.get(&other), None);
+    }
 
     #[test]
     fn handle_roundtrips_through_text_and_reopens_the_same_inode() {

@@ -7,6 +7,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use crate::sys::handle::HandleRef;
+
 /// `FAN_PRE_ACCESS` (Linux 6.14): raised before a read or write of a range of
 /// a file, with a range info record. Not yet in `libc`.
 pub const FAN_PRE_ACCESS: u64 = 0x0010_0000;
@@ -338,17 +340,44 @@ impl Group {
 
     /// One `read(2)` of the events that are ready into `buf`, parsed.
     fn read_raw(&self, buf: &mut [u8]) -> io::Result<Vec<Event>> {
+        let n = self.read_bytes(buf)?;
+        take_events(&buf[..n])
+    }
+
+    /// Read the events that are ready into `buf` and look at them where
+    /// they lie, nothing copied or allocated: for a notification group that
+    /// reports file handles ([`InitOptions::names`]), whose events carry no
+    /// fd (one that came anyway is closed). Empty when a non-blocking group
+    /// has nothing.
+    pub fn read_named<'b>(&self, buf: &'b mut EventBuffer) -> io::Result<NamedEvents<'b>> {
+        let n = self.read_bytes(buf.bytes_mut())?;
+        let bytes = &buf.bytes_mut()[..n];
+        let mut records = RawRecords::new(bytes);
+        for r in records.by_ref() {
+            if r.fd >= 0 {
+                // SAFETY: the kernel installed this fd in our table during
+                // the read that filled `bytes`, and nothing else owns it.
+                drop(unsafe { OwnedFd::from_raw_fd(r.fd) });
+            }
+        }
+        if let Some(msg) = records.bad {
+            tracing::error!("{msg}; the events before it are kept");
+        }
+        Ok(NamedEvents(RawRecords::new(bytes)))
+    }
+
+    /// One `read(2)` into `buf`: how many bytes came (0 for `EAGAIN`).
+    fn read_bytes(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::WouldBlock {
-                return Ok(Vec::new());
+                return Ok(0);
             }
             return Err(err);
         }
-        let n = usize::try_from(n).unwrap_or(0);
-        take_events(&buf[..n])
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     /// Answer the permission event numbered `id` (`struct
@@ -441,31 +470,126 @@ fn is_permission(mask: u64) -> bool {
 /// at the first record that is not a whole, well-formed event (a buffer
 /// zeroed before the read ends there). Returns the error that stopped it,
 /// if the stop was not at the end or at zeros.
-pub fn parse_records(mut b: &[u8]) -> (Vec<Record>, Option<&'static str>) {
-    let mut records = Vec::new();
-    while b.len() >= METADATA_LEN {
-        let event_len = u32_at(b, 0) as usize;
-        if event_len == 0 {
-            return (records, None);
-        }
-        let metadata_len = u16_at(b, 6) as usize;
-        if event_len < METADATA_LEN || event_len > b.len() || metadata_len < METADATA_LEN {
-            return (records, Some("fanotify event length out of bounds"));
-        }
-        if b[4] != FANOTIFY_METADATA_VERSION {
-            return (records, Some("unknown fanotify metadata version"));
-        }
-        let info = &b[metadata_len.min(event_len)..event_len];
-        records.push(Record {
-            mask: u64_at(b, 8),
-            fd: u32_at(b, 16) as i32,
-            pid: u32_at(b, 20) as i32,
-            range: parse_range(info),
-            fids: parse_fids(info),
-        });
-        b = &b[event_len..];
+pub fn parse_records(b: &[u8]) -> (Vec<Record>, Option<&'static str>) {
+    let mut raw = RawRecords::new(b);
+    let records = raw
+        .by_ref()
+        .map(|r| Record {
+            mask: r.mask,
+            fd: r.fd,
+            pid: r.pid,
+            range: parse_range(r.info),
+            fids: parse_fids(r.info),
+        })
+        .collect();
+    (records, raw.bad)
+}
+
+/// One event's metadata, and its info records unparsed.
+struct RawRecord<'a> {
+    mask: u64,
+    fd: i32,
+    pid: i32,
+    info: &'a [u8],
+}
+
+/// The events of a buffer, in place, up to the first that is not a whole,
+/// well-formed event (then `bad` says why, unless it was zeros).
+struct RawRecords<'a> {
+    rest: &'a [u8],
+    bad: Option<&'static str>,
+}
+
+impl<'a> RawRecords<'a> {
+    fn new(b: &'a [u8]) -> RawRecords<'a> {
+        RawRecords { rest: b, bad: None }
     }
-    (records, None)
+}
+
+impl<'a> Iterator for RawRecords<'a> {
+    type Item = RawRecord<'a>;
+
+    fn next(&mut self) -> Option<RawRecord<'a>> {
+        let b = self.rest;
+        if b.len() < METADATA_LEN {
+            return None;
+        }
+        let event_len = u32_at(b, 0) as usize;
+        let metadata_len = u16_at(b, 6) as usize;
+        let bad = if event_len == 0 {
+            None
+        } else if event_len < METADATA_LEN || event_len > b.len() || metadata_len < METADATA_LEN {
+            Some("fanotify event length out of bounds")
+        } else if b[4] != FANOTIFY_METADATA_VERSION {
+            Some("unknown fanotify metadata version")
+        } else {
+            self.rest = &b[event_len..];
+            return Some(RawRecord {
+                mask: u64_at(b, 8),
+                fd: u32_at(b, 16) as i32,
+                pid: u32_at(b, 20) as i32,
+                info: &b[metadata_len.min(event_len)..event_len],
+            });
+        };
+        (self.rest, self.bad) = (&[], bad);
+        None
+    }
+}
+
+/// The events of one [`Group::read_named`], in the order they came.
+pub struct NamedEvents<'a>(RawRecords<'a>);
+
+impl<'a> Iterator for NamedEvents<'a> {
+    type Item = NamedEvent<'a>;
+
+    fn next(&mut self) -> Option<NamedEvent<'a>> {
+        self.0.next().map(|r| NamedEvent {
+            mask: r.mask,
+            info: r.info,
+        })
+    }
+}
+
+/// An event of a group that reports file handles, where it lies in the
+/// read buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct NamedEvent<'a> {
+    /// The `FAN_*` bits of the event.
+    pub mask: u64,
+    info: &'a [u8],
+}
+
+impl<'a> NamedEvent<'a> {
+    /// Its file-handle record of `kind` (one of the `INFO_*` kinds).
+    pub fn fid(&self, kind: u8) -> Option<Fid<'a>> {
+        self.fids().find(|f| f.kind == kind)
+    }
+
+    /// Its file-handle records, in the order they came.
+    pub fn fids(&self) -> impl Iterator<Item = Fid<'a>> {
+        fid_records(self.info)
+    }
+}
+
+/// A [`FidInfo`] where it lies in the read buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fid<'a> {
+    pub kind: u8,
+    pub fsid: [i32; 2],
+    pub handle: HandleRef<'a>,
+    /// The name in the directory, without its NUL.
+    pub name: Option<&'a [u8]>,
+}
+
+impl From<Fid<'_>> for FidInfo {
+    fn from(f: Fid<'_>) -> FidInfo {
+        FidInfo {
+            kind: f.kind,
+            fsid: f.fsid,
+            handle: f.handle.to_owned(),
+            name: f.name.map(<[u8]>::to_vec),
+        }
+    }
 }
 
 /// Parse a buffer just filled by `read(2)` on a group in this process and
@@ -512,50 +636,61 @@ fn parse_range(mut info: &[u8]) -> Option<(u64, u64)> {
 
 /// The file-handle records among an event's info records. A record that
 /// does not hold together ends the list (what came before is kept).
-fn parse_fids(mut info: &[u8]) -> Vec<FidInfo> {
-    let mut out = Vec::new();
-    while info.len() >= 4 {
+fn parse_fids(info: &[u8]) -> Vec<FidInfo> {
+    fid_records(info).map(FidInfo::from).collect()
+}
+
+/// The file-handle records among an event's info records, in place. A
+/// record that does not hold together ends them.
+fn fid_records(mut info: &[u8]) -> impl Iterator<Item = Fid<'_>> {
+    std::iter::from_fn(move || loop {
+        if info.len() < 4 {
+            return None;
+        }
         let kind = info[0];
         let len = u16_at(info, 2) as usize;
         if len < 4 || len > info.len() {
-            break;
+            return None;
         }
         let rec = &info[..len];
         info = &info[len..];
-        if !matches!(
+        if matches!(
             kind,
             INFO_FID | INFO_DFID_NAME | INFO_DFID | INFO_OLD_DFID_NAME | INFO_NEW_DFID_NAME
         ) {
-            continue;
-        }
-        // header (4) | fsid (8) | handle_bytes u32 | handle_type i32 | f_handle | [name NUL]
-        if rec.len() < 20 {
-            break;
-        }
-        let handle_len = u32_at(rec, 12) as usize;
-        let Some(handle) = rec.get(20..20 + handle_len) else {
-            break;
-        };
-        let name = match kind {
-            INFO_DFID_NAME | INFO_OLD_DFID_NAME | INFO_NEW_DFID_NAME => {
-                let tail = &rec[20 + handle_len..];
-                tail.iter()
-                    .position(|&c| c == 0)
-                    .map(|end| tail[..end].to_vec())
+            let fid = fid_at(kind, rec);
+            if fid.is_none() {
+                info = &[];
             }
-            _ => None,
-        };
-        out.push(FidInfo {
-            kind,
-            fsid: [u32_at(rec, 4) as i32, u32_at(rec, 8) as i32],
-            handle: crate::sys::handle::FileHandle {
-                handle_type: u32_at(rec, 16) as i32,
-                bytes: handle.to_vec(),
-            },
-            name,
-        });
+            return fid;
+        }
+    })
+}
+
+/// The file-handle record `rec` of `kind`, if it holds together.
+fn fid_at(kind: u8, rec: &[u8]) -> Option<Fid<'_>> {
+    // header (4) | fsid (8) | handle_bytes u32 | handle_type i32 | f_handle | [name NUL]
+    if rec.len() < 20 {
+        return None;
     }
-    out
+    let handle_len = u32_at(rec, 12) as usize;
+    let handle = rec.get(20..20 + handle_len)?;
+    let name = match kind {
+        INFO_DFID_NAME | INFO_OLD_DFID_NAME | INFO_NEW_DFID_NAME => {
+            let tail = &rec[20 + handle_len..];
+            tail.iter().position(|&c| c == 0).map(|end| &tail[..end])
+        }
+        _ => None,
+    };
+    Some(Fid {
+        kind,
+        fsid: [u32_at(rec, 4) as i32, u32_at(rec, 8) as i32],
+        handle: HandleRef {
+            handle_type: u32_at(rec, 16) as i32,
+            bytes: handle,
+        },
+        name,
+    })
 }
 
 /// Open `file` again with `flags` as an fd that raises no fanotify events

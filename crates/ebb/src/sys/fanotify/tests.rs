@@ -237,21 +237,27 @@ fn dfid_name_events_name_the_directory_and_the_entry() {
     std::fs::rename(dir.join("a"), dir.join("b")).expect("rename");
     std::fs::remove_file(dir.join("b")).expect("delete");
 
+    // Read in place, as the journal reads them.
     let mut buf = EventBuffer::default();
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
     while seen.len() < 3 && Instant::now() < deadline {
-        seen.extend(group.read_events(&mut buf).expect("read"));
+        seen.extend(group.read_named(&mut buf).expect("read").map(|e| Record {
+            mask: e.mask,
+            fd: -1,
+            pid: 0,
+            range: None,
+            fids: e.fids().map(FidInfo::from).collect(),
+        }));
         std::thread::sleep(Duration::from_millis(5));
     }
-    let name_in = |ev: &Event, kind: u8| {
+    let name_in = |ev: &Record, kind: u8| {
         ev.fids
             .iter()
             .find(|f| f.kind == kind)
             .map(|f| (f.handle.clone(), f.name.clone().unwrap_or_default()))
     };
     assert_eq!(seen.len(), 3, "{seen:?}");
-    assert!(seen.iter().all(|e| e.file.is_none()), "no fds in FID mode");
     assert_eq!(seen[0].mask & libc::FAN_CREATE, libc::FAN_CREATE);
     assert_eq!(
         name_in(&seen[0], INFO_DFID_NAME),
@@ -296,4 +302,51 @@ fn fid_records_that_do_not_hold_together_are_dropped_not_misread() {
     assert_eq!(fids.len(), 1);
     assert_eq!(fids[0].handle.bytes, vec![1, 2, 3, 4]);
     assert_eq!(fids[0].name.as_deref(), Some(&b"ab"[..]));
+}
+
+#[test]
+fn events_read_in_place_are_the_events_parsed() {
+    // Two events (a DFID_NAME record each), then a truncated third.
+    let event = |mask: u64, name: &[u8]| {
+        let mut fid = vec![INFO_DFID_NAME, 0, 0, 0];
+        fid.extend_from_slice(&[7; 8]);
+        fid.extend_from_slice(&4u32.to_ne_bytes());
+        fid.extend_from_slice(&1i32.to_ne_bytes());
+        fid.extend_from_slice(&[1, 2, 3, 4]);
+        fid.extend_from_slice(name);
+        fid.push(0);
+        fid.resize(fid.len().next_multiple_of(4), 0);
+        fid[2] = fid.len() as u8;
+        let mut ev = ((METADATA_LEN + fid.len()) as u32).to_ne_bytes().to_vec();
+        ev.extend_from_slice(&[FANOTIFY_METADATA_VERSION, 0]);
+        ev.extend_from_slice(&(METADATA_LEN as u16).to_ne_bytes());
+        ev.extend_from_slice(&mask.to_ne_bytes());
+        ev.extend_from_slice(&(-1i32).to_ne_bytes());
+        ev.extend_from_slice(&42i32.to_ne_bytes());
+        ev.extend_from_slice(&fid);
+        ev
+    };
+    let mut buf = event(libc::FAN_CREATE, b"a");
+    buf.extend(event(libc::FAN_DELETE | libc::FAN_ONDIR, b"bc"));
+    let whole = buf.len();
+    buf.extend(&event(libc::FAN_MODIFY, b"d")[..30]);
+
+    let (parsed, bad) = parse_records(&buf);
+    assert_eq!(bad, Some("fanotify event length out of bounds"));
+    let in_place: Vec<(u64, Vec<FidInfo>)> = NamedEvents(RawRecords::new(&buf))
+        .map(|e| (e.mask, e.fids().map(FidInfo::from).collect()))
+        .collect();
+    let owned: Vec<(u64, Vec<FidInfo>)> = parsed.into_iter().map(|r| (r.mask, r.fids)).collect();
+    assert_eq!(in_place, owned);
+    assert_eq!(in_place.len(), 2);
+    assert_eq!(in_place[1].1[0].name.as_deref(), Some(&b"bc"[..]));
+    let first = NamedEvents(RawRecords::new(&buf[..whole]))
+        .next()
+        .expect("an event");
+    let fid = first.fid(INFO_DFID_NAME).expect("its fid");
+    assert_eq!(
+        (fid.handle.handle_type, fid.handle.bytes, fid.name),
+        (1, &[1u8, 2, 3, 4][..], Some(&b"a"[..]))
+    );
+    assert!(first.fid(INFO_FID).is_none());
 }
