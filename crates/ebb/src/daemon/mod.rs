@@ -365,7 +365,14 @@ fn serve_request(
                 .map_err(|e| format!("{e:#}")),
             None => Err("forget needs the file's fd attached".to_string()),
         },
-        Request::Stats => serde_json::to_value(populator.stats()).map_err(|e| e.to_string()),
+        Request::Stats => serde_json::to_value(populator.stats())
+            .map(|mut v| {
+                if let Ok(recorder) = journal {
+                    v["journal_index_lag"] = recorder.index_lag().into();
+                }
+                v
+            })
+            .map_err(|e| e.to_string()),
         Request::Snapshot(req) => {
             // Answered once prepared (off the loop) and started.
             populator.request_snapshot(req, incoming.reply);

@@ -57,14 +57,15 @@ pub const MAX_EVENTS: u64 = 1_000_000;
 const MAX_DIRS: usize = 1 << 18;
 /// While events keep coming, they are recorded at most this often.
 const COMMIT_EVERY: Duration = Duration::from_millis(2);
-/// The index catches up once no event came for this long.
+/// The index catches up once no event came for this long (then step after
+/// step while none comes).
 const IDLE: Duration = Duration::from_millis(20);
-/// Index entries brought up to date per transaction: events wait at most
-/// that long (a few ms) while the index catches up.
-const REINDEX_CHUNK: usize = 2048;
+/// Index entries brought up to date per transaction: an event (a query's
+/// cookie) waits at most that long (~2 ms) while the index catches up.
+const REINDEX_CHUNK: usize = 512;
 /// Lagging changes sorted into [`Worker::pending`] per step: a step takes
 /// a few ms, so a query's cookie waits no longer than that.
-const SORT_CHUNK: usize = 16_384;
+const SORT_CHUNK: usize = 4096;
 /// Changes whose index entries may lag behind their events: beyond that
 /// the index catches up even while events keep coming (memory stays
 /// bounded: a change kept costs ~100 bytes).
@@ -82,6 +83,8 @@ struct Cookies {
     /// Queries being answered: the lagging index waits for them (its
     /// catching up would take CPU from the answer just when a burst ends).
     answering: AtomicUsize,
+    /// Changes whose index entries lag behind ([`Worker::lag`]).
+    lag: AtomicUsize,
 }
 
 /// A query being answered, while it lives ([`Recorder::answering`]).
@@ -182,6 +185,12 @@ impl Recorder {
     pub fn answering(&self) -> Answering<'_> {
         self.cookies.answering.fetch_add(1, Ordering::Relaxed);
         Answering(&self.cookies.answering)
+    }
+
+    /// Changes recorded whose index entries are not up to date yet (the
+    /// recorder catches up once events stop coming).
+    pub fn index_lag(&self) -> usize {
+        self.cookies.lag.load(Ordering::Relaxed)
     }
 
     /// The root of the tree it records.
@@ -346,6 +355,8 @@ impl Worker {
         let mut batch = Batch::default();
         let mut committed = Instant::now();
         let mut appended = 0u64;
+        // The last step caught the index up some, and no event came since.
+        let mut catching_up = false;
         while !stop.load(Ordering::Relaxed) {
             if stalled() {
                 std::thread::sleep(Duration::from_millis(20));
@@ -357,6 +368,8 @@ impl Worker {
             let idle = if batch.changes.is_empty() {
                 let wait = if self.lag() == 0 {
                     Duration::from_millis(100)
+                } else if catching_up {
+                    Duration::ZERO
                 } else {
                     IDLE
                 };
@@ -388,9 +401,11 @@ impl Worker {
             let quiet = idle
                 && batch.changes.is_empty()
                 && self.cookies.answering.load(Ordering::Relaxed) == 0;
-            if (quiet && self.lag() > 0) || self.lag() > MAX_LAGGING {
+            catching_up = quiet && self.lag() > 0;
+            if catching_up || self.lag() > MAX_LAGGING {
                 self.catch_up_some()?;
             }
+            self.cookies.lag.store(self.lag(), Ordering::Relaxed);
             if appended > 10_000 {
                 appended = 0;
                 self.journal.prune(self.max_events, self.max_age)?;
