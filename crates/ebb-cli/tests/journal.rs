@@ -205,7 +205,8 @@ fn changes_made_while_no_daemon_ran_are_found_after_a_restart() {
 /// events: after a clean stop (the recorder held still first, so entries
 /// still lag behind their events and are brought up to date on the way
 /// out) a restart journals nothing that was journaled already, a file in a
-/// directory made and moved in one burst included.
+/// directory made and moved in one burst included, and the directory
+/// whose times its files changed.
 #[test]
 fn a_clean_restart_journals_nothing_twice() {
     ebb::require_root!();
@@ -214,6 +215,10 @@ fn a_clean_restart_journals_nothing_twice() {
     let pid = start_stallable(&env);
     let t0 = token(&env.root);
     std::fs::create_dir_all(env.path("d/sub")).unwrap();
+    // The index takes the new directory in before files are made in it
+    // (which change its times again).
+    token(&env.root);
+    std::thread::sleep(Duration::from_millis(300));
     for i in 0..200 {
         std::fs::write(env.path(&format!("d/sub/f{i}")), b"x").unwrap();
     }
@@ -239,6 +244,49 @@ fn a_clean_restart_journals_nothing_twice() {
         set.is_empty(),
         "journaled again after a clean restart: {set:?}"
     );
+}
+
+/// Requirement 4: the index never gets ahead of the journal. A daemon
+/// stopping (or killed) with index entries still lagging brings them up to
+/// date from what the files are *now*; a change whose event is still in
+/// the kernel's queue must be recorded first, or the next start's crawl,
+/// comparing the tree with an index that already holds the change, would
+/// never journal it. Here the recorder is kept busy (so the entry of `p`
+/// lags), then held still while `p` changes, then stopped.
+#[test]
+fn a_change_still_queued_when_the_daemon_stops_is_not_lost() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let stall = stall_file(&env);
+    let pid = start_stallable(&env);
+    std::fs::write(env.path("p"), b"a").unwrap();
+    // Events every 2 ms: the recorder is never idle long enough to bring
+    // the index up to date.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise = {
+        let (done, path) = (done.clone(), env.path("noise"));
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::write(&path, b"n").unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let t1 = token(&env.root);
+    std::fs::write(&stall, b"").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(env.path("p"), b"changed, bigger").unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    noise.join().expect("noise");
+    assert!(
+        common::terminate(pid, Duration::from_secs(30)),
+        "the daemon stopped"
+    );
+    std::fs::remove_file(&stall).unwrap();
+    env.start_daemon();
+    let (set, everything, _) = parsed(&env.root, changes(&env.root, &t1));
+    assert_eq!(everything, None);
+    assert!(has(&set, "p", "modified"), "{set:?}");
 }
 
 /// Requirement 4: a query made while the crawl after downtime runs (held

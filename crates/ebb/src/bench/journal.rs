@@ -4,9 +4,9 @@
 //! - ingest: two producer threads create, write and rename FILES files as
 //!   fast as they can; a bare fanotify reader (same flags, same mark) that
 //!   only counts the events, against the daemon's journal, complete (every
-//!   path present in `ebb changes`, which waits for its cookie); three
-//!   times each, each run on a fresh filesystem, in the order B J J B B J,
-//!   the means compared. Rates are the same
+//!   path present in `ebb changes`, which waits for its cookie); `runs`
+//!   times each (3 by default), each run on a fresh filesystem, in the
+//!   order B J J B B J …, the means compared. Rates are the same
 //!   number of operations over each time (the kernel merges some events,
 //!   more or fewer depending on how fast they are read: counting those
 //!   read would compare different work);
@@ -36,6 +36,8 @@ pub struct Options {
     /// Files each producer makes before each timed ingest run, on both
     /// sides: the journal then holds them, as one in use would.
     pub prefill: usize,
+    /// Timed ingest runs per side.
+    pub runs: usize,
     pub exe: PathBuf,
 }
 
@@ -47,7 +49,7 @@ pub struct Report {
     /// Journal rate over the bare reader's (goal ≥ 0.9).
     pub journal_vs_bare: f64,
     /// The seconds each ingest run took, bare and through the journal:
-    /// bare, journal, journal, bare, bare, journal (the mean of each is
+    /// bare, journal, journal, bare, bare, journal, … (the mean of each is
     /// compared).
     pub bare_runs_secs: Vec<f64>,
     pub journal_runs_secs: Vec<f64>,
@@ -76,12 +78,12 @@ pub struct Report {
 }
 
 pub fn run(opts: &Options) -> Result<Report> {
-    // Ingest, three times each way, each run on a fresh filesystem: a bare
+    // Ingest, `runs` times each way, each run on a fresh filesystem: a bare
     // reader that only counts, and the daemon's journal. Runs got slower
     // one after the other (8.6, 9.9, 10.4, 10.5 s; on one filesystem 8.1,
     // 9.9, 9.5, 10.8 s), which favoured whichever side ran first: so the
-    // order is bare, journal, journal, bare, bare, journal (the same mean
-    // place for both) and the means are compared; one run differs from
+    // order is bare, journal, journal, bare, bare, journal, … (the same
+    // mean place for both) and the means are compared; one run differs from
     // the next of the same side by up to 25%.
     // A first run is slow more often than not (12.7, 15.6, 11.6, 14.7 s
     // against 9–13 s for the next ones, with prefill): one untimed run
@@ -89,7 +91,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     let expected = (opts.files * 2 * 3) as u64;
     bare_run(opts)?;
     let (mut bare_runs, mut journal_runs) = (Vec::new(), Vec::new());
-    for bare_first in [true, false, true] {
+    for bare_first in (0..opts.runs).map(|i| i % 2 == 0) {
         if bare_first {
             bare_runs.push(bare_run(opts)?);
         }

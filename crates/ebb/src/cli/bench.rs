@@ -88,10 +88,10 @@ pub enum Bench {
     /// and about 8 KiB of free space per file). Ingest: two producers
     /// create, write and rename FILES files each, seen by a bare fanotify
     /// reader that only counts, and through the daemon's journal until
-    /// `ebb changes` names every path; three times each, each run on a
+    /// `ebb changes` names every path; RUNS times each, each run on a
     /// fresh filesystem, in the order bare, journal, journal, bare, bare,
-    /// journal, after one untimed bare run, the means compared (times for
-    /// the same work, as events/s).
+    /// journal, …, after one untimed bare run, the means compared (times
+    /// for the same work, as events/s).
     /// Before each timed run the same producers make PREFILL files each
     /// (the journal records them): a journal in use, not a new one. Then
     /// `git status` in a repository of REPO_FILES files (a few changed),
@@ -108,6 +108,10 @@ pub enum Bench {
         /// FILES].
         #[arg(long)]
         prefill: Option<usize>,
+        /// Timed ingest runs per side (one run differs from the next by up
+        /// to 15–25% on a busy machine: more runs, a steadier ratio).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+        runs: u32,
         #[arg(long)]
         json: bool,
     },
@@ -198,12 +202,14 @@ pub fn run(which: Bench) -> Result<ExitCode> {
             files,
             repo_files,
             prefill,
+            runs,
             json,
         } => {
             let r = journal::run(&journal::Options {
                 files,
                 repo_files,
                 prefill: prefill.unwrap_or(files),
+                runs: runs as usize,
                 exe,
             })?;
             if json {

@@ -30,6 +30,9 @@ pub const MASK: u64 = libc::FAN_CREATE
     | libc::FAN_ONDIR;
 /// Where query cookies are made, under the tree's state directory.
 const COOKIES: &str = "cookies";
+/// The names of the recorder's own cookies start so (a query's are
+/// `<pid>-<n>`).
+const OWN_COOKIE: &str = "index-";
 
 /// A read that returns this many events means more are queued behind.
 const BEHIND: usize = 256;
@@ -70,6 +73,9 @@ const SORT_CHUNK: usize = 4096;
 /// the index catches up even while events keep coming (memory stays
 /// bounded: a change kept costs ~100 bytes).
 const MAX_LAGGING: usize = 1 << 19;
+/// How long a stopping recorder goes on catching its index up (what is
+/// left lags: the crawl after the next start journals it again).
+const CATCH_UP_AT_STOP: Duration = Duration::from_secs(5);
 
 /// Cookies the recorder has seen, for queries waiting on them.
 #[derive(Default)]
@@ -145,6 +151,9 @@ impl Recorder {
             state_handle,
             cookie_handle,
             cookies: cookies.clone(),
+            own_cookies: 0,
+            dir_changes: 0,
+            spare: EventBuffer::new(256 * 1024),
             max_events: std::env::var("EBB_JOURNAL_MAX_EVENTS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -313,6 +322,16 @@ impl Drop for Recorder {
     }
 }
 
+/// What [`Worker::record_until_cookie`] came to.
+enum Until {
+    /// Every event queued before the cookie is recorded.
+    Seen,
+    /// The cookie did not come back in time (or could not be made).
+    Late,
+    /// Events were lost (a gap is recorded, not repaired yet).
+    Gap,
+}
+
 /// Where a directory handle points.
 enum Dir<'a> {
     /// This path under the tree.
@@ -345,6 +364,13 @@ struct Worker {
     state_handle: FileHandle,
     cookie_handle: FileHandle,
     cookies: Arc<Cookies>,
+    /// The recorder's own cookies made so far (see [`Worker::record_until_cookie`]).
+    own_cookies: u64,
+    /// Directory moves and removals recorded so far.
+    dir_changes: u64,
+    /// A read buffer for [`Worker::record_until_cookie`], beside the main
+    /// loop's.
+    spare: EventBuffer,
     max_events: u64,
     max_age: Option<Duration>,
 }
@@ -386,7 +412,11 @@ impl Worker {
             if stalled() {
                 continue;
             }
+            let before = (batch.changes.len(), batch.cookies.len());
             self.gather(&mut buf, &mut batch)?;
+            // Events that say nothing (the recorder's own cookies going
+            // away above all) do not end a quiet moment.
+            let news = (batch.changes.len(), batch.cookies.len()) != before || batch.gap.is_some();
             // In a burst, one transaction per COMMIT_EVERY: each costs
             // about as much as a few hundred events (locks, WAL frames).
             // A query's cookie, a gap or a full batch goes in at once.
@@ -398,7 +428,7 @@ impl Worker {
                 appended += self.commit(std::mem::take(&mut batch))?;
                 committed = Instant::now();
             }
-            let quiet = idle
+            let quiet = (idle || !news)
                 && batch.changes.is_empty()
                 && self.cookies.answering.load(Ordering::Relaxed) == 0;
             catching_up = quiet && self.lag() > 0;
@@ -412,7 +442,8 @@ impl Worker {
             }
         }
         self.commit(batch)?;
-        while self.lag() > 0 {
+        let deadline = Instant::now() + CATCH_UP_AT_STOP;
+        while self.lag() > 0 && Instant::now() < deadline {
             self.catch_up_some()?;
         }
         Ok(())
@@ -427,22 +458,101 @@ impl Worker {
             gap,
             ..
         } = batch;
+        let recorded = self.record(changes)?;
+        if let Some(why) = gap {
+            self.open_gap(why)?;
+            self.repair()?;
+        }
+        self.answer_cookies(cookies);
+        Ok(recorded)
+    }
+
+    /// Append `changes` to the journal (their index entries lag).
+    fn record(&mut self, changes: Vec<Change>) -> Result<u64> {
         let recorded = changes.len() as u64;
+        self.dir_changes += changes
+            .iter()
+            .filter(|c| c.is_dir && matches!(c.kind, Kind::Renamed | Kind::Deleted))
+            .count() as u64;
         if !changes.is_empty() {
             self.journal.record(&changes)?;
             self.lagging.extend(changes);
         }
-        if let Some(why) = gap {
-            tracing::warn!("journal: {why}; crawling to repair the gap");
-            self.journal.open_gap(why)?;
-            self.repair()?;
-        }
-        if !cookies.is_empty() {
+        Ok(recorded)
+    }
+
+    fn open_gap(&mut self, why: &str) -> Result<()> {
+        tracing::warn!("journal: {why}; crawling to repair the gap");
+        self.journal.open_gap(why)?;
+        Ok(())
+    }
+
+    /// Tell the queries waiting on `cookies` that their changes are in.
+    fn answer_cookies(&self, cookies: Vec<String>) {
+        let mut cookies = cookies.into_iter().filter(|c| !c.starts_with(OWN_COOKIE));
+        if let Some(first) = cookies.next() {
             let mut seen = self.cookies.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.insert(first);
             seen.extend(cookies);
             self.cookies.cv.notify_all();
         }
-        Ok(recorded)
+    }
+
+    /// Make a cookie and record every event queued before it.
+    ///
+    /// An index entry looked up before this comes back `Seen` may go in
+    /// then, never before: the events of the changes the lookup saw are in
+    /// the journal first. The other way round, a daemon killed in between
+    /// would come back to an index that already holds a change the journal
+    /// never got, and the crawl after the gap, comparing the tree with that
+    /// index, would not see it either.
+    fn record_until_cookie(&mut self) -> Result<Until> {
+        self.own_cookies += 1;
+        let name = format!("{OWN_COOKIE}{}", self.own_cookies);
+        let path = self
+            .root
+            .join(crate::tree::STATE_DIR)
+            .join(COOKIES)
+            .join(&name);
+        if let Err(e) = File::create(&path) {
+            tracing::warn!("journal: making {}: {e}", path.display());
+            // Not in a tight loop (a full disk, say).
+            std::thread::sleep(Duration::from_millis(100));
+            return Ok(Until::Late);
+        }
+        let mut buf = std::mem::replace(&mut self.spare, EventBuffer::new(0));
+        let until = self.record_until(&name, &mut buf);
+        self.spare = buf;
+        let _ = std::fs::remove_file(&path);
+        until
+    }
+
+    fn record_until(&mut self, cookie: &str, buf: &mut EventBuffer) -> Result<Until> {
+        let deadline = Instant::now() + SYNC_TIMEOUT;
+        loop {
+            let mut batch = Batch::default();
+            self.gather(buf, &mut batch)?;
+            let seen = batch.cookies.iter().any(|c| c == cookie);
+            self.record(std::mem::take(&mut batch.changes))?;
+            if let Some(why) = batch.gap {
+                // The crawl that repairs it answers the queries' cookies
+                // (their files are there).
+                self.open_gap(why)?;
+                return Ok(Until::Gap);
+            }
+            self.answer_cookies(batch.cookies);
+            if seen {
+                return Ok(Until::Seen);
+            }
+            if Instant::now() > deadline {
+                return Ok(Until::Late);
+            }
+            let mut fds = [nix::poll::PollFd::new(
+                self.group.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10u8));
+        }
     }
 
     /// Changes whose index entries lag behind.
@@ -470,6 +580,18 @@ impl Worker {
         for c in changes {
             if let (Kind::Renamed, true, Some(from)) = (c.kind, c.is_dir, &c.from) {
                 self.move_pending(from, &c.path);
+            }
+            if matches!(c.kind, Kind::Created | Kind::Deleted | Kind::Renamed) {
+                // An entry made, removed or moved changes its directory's
+                // times: its index entry is brought up to date too (else the
+                // crawl after the next gap would call it modified).
+                for p in std::iter::once(&c.path).chain(&c.from) {
+                    if let Some((dir, _)) = p.rsplit_once('/') {
+                        if !self.pending.contains_key(dir) {
+                            self.pending.insert(dir.to_owned(), false);
+                        }
+                    }
+                }
             }
             let gone = c.kind == Kind::Deleted;
             self.pending.insert(c.path, gone);
@@ -505,10 +627,34 @@ impl Worker {
             chunk.push(p);
         }
         let root = self.root_fd.as_fd();
-        self.journal
-            .reindex(chunk.iter().map(|(p, gone)| (p.as_str(), *gone)), |p| {
-                Entry::at(root, p)
+        let looked: Vec<(String, Option<Entry>)> = chunk
+            .into_iter()
+            .map(|(p, gone)| {
+                let entry = if gone { None } else { Entry::at(root, &p) };
+                (p, entry)
             })
+            .collect();
+        let moved_before = self.dir_changes;
+        match self.record_until_cookie()? {
+            Until::Seen if self.dir_changes == moved_before => {
+                // In path order, as `pending` gave them.
+                let entry = |p: &str| {
+                    let at = looked.binary_search_by(|(q, _)| q.as_str().cmp(p));
+                    at.ok().and_then(|i| looked[i].1)
+                };
+                let paths = looked.iter().map(|(p, e)| (p.as_str(), e.is_none()));
+                self.journal.reindex(paths, entry)
+            }
+            // A directory moved or went meanwhile (what was looked up
+            // under it is not where it was), or the cookie did not come:
+            // look again later.
+            Until::Seen | Until::Late => {
+                self.pending
+                    .extend(looked.into_iter().map(|(p, e)| (p, e.is_none())));
+                Ok(())
+            }
+            Until::Gap => self.repair(),
+        }
     }
 
     /// Read what is queued into `batch`; while the recorder is behind
@@ -569,17 +715,16 @@ impl Worker {
                 .collect();
         let now = crawl::scan(&self.root)?;
         self.learn_dirs(&now);
+        // What the crawl saw goes in as the index only with the changes it
+        // found: so it is never ahead of the journal (a change made while
+        // it looked is either found, or seen by the next crawl).
         let changes = crawl::diff(&self.journal.entries()?, &now);
         self.journal.append(&changes, |p| now.get(p).copied())?;
         self.journal.close_gaps()?;
         // The index holds what the crawl saw now, lagging paths included.
         self.lagging.clear();
         self.pending.clear();
-        if !waiting.is_empty() {
-            let mut seen = self.cookies.seen.lock().unwrap_or_else(|e| e.into_inner());
-            seen.extend(waiting);
-            self.cookies.cv.notify_all();
-        }
+        self.answer_cookies(waiting);
         self.cookies.crawling.store(false, Ordering::Relaxed);
         tracing::info!(
             "journal: gap repaired by a crawl of {} paths in {:?} ({} changes)",
