@@ -95,7 +95,7 @@ pub enum Bench {
     /// Before each timed run the same producers make PREFILL files each
     /// (the journal records them): a journal in use, not a new one. Then
     /// `git status` in a repository of REPO_FILES files (a few changed),
-    /// warm (best of 5) and cold (median of 3, caches dropped): no
+    /// warm (best of 10) and cold (median of 5, caches dropped): no
     /// fsmonitor, a trivial hook that answers "nothing changed", ebb's
     /// hook. Then the time to an exact answer after a restart (the crawl)
     /// against reading and hashing every file.

@@ -488,11 +488,10 @@ impl Worker {
     }
 
     /// Tell the queries waiting on `cookies` that their changes are in.
-    fn answer_cookies(&self, cookies: Vec<String>) {
-        let mut cookies = cookies.into_iter().filter(|c| !c.starts_with(OWN_COOKIE));
-        if let Some(first) = cookies.next() {
+    fn answer_cookies(&self, mut cookies: Vec<String>) {
+        cookies.retain(|c| !c.starts_with(OWN_COOKIE));
+        if !cookies.is_empty() {
             let mut seen = self.cookies.seen.lock().unwrap_or_else(|e| e.into_inner());
-            seen.insert(first);
             seen.extend(cookies);
             self.cookies.cv.notify_all();
         }
