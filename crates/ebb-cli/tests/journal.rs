@@ -232,18 +232,29 @@ fn a_clean_restart_journals_nothing_twice() {
         "{set:?}"
     );
     std::fs::write(&stall, b"").unwrap();
-    assert!(
-        common::terminate(pid, Duration::from_secs(30)),
-        "the daemon stopped"
-    );
-    std::fs::remove_file(&stall).unwrap();
-    env.start_daemon();
-    let (set, everything, _) = parsed(&env.root, changes(&env.root, &t1));
+    let (set, everything) = changes_after_a_clean_restart(&env, pid, &t1);
     assert_eq!(everything, None);
     assert!(
         set.is_empty(),
         "journaled again after a clean restart: {set:?}"
     );
+}
+
+/// Stop the daemon `pid` (its recorder held still), start another, and ask
+/// it what changed since `since`.
+fn changes_after_a_clean_restart(
+    env: &Env,
+    pid: i32,
+    since: &str,
+) -> (BTreeSet<(String, String)>, Option<String>) {
+    assert!(
+        common::terminate(pid, Duration::from_secs(30)),
+        "the daemon stopped"
+    );
+    std::fs::remove_file(stall_file(env)).expect("the stall file");
+    env.start_daemon();
+    let (set, everything, _) = parsed(&env.root, changes(&env.root, since));
+    (set, everything)
 }
 
 /// Requirement 4: the index never gets ahead of the journal. A daemon
@@ -278,13 +289,7 @@ fn a_change_still_queued_when_the_daemon_stops_is_not_lost() {
     std::fs::write(env.path("p"), b"changed, bigger").unwrap();
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     noise.join().expect("noise");
-    assert!(
-        common::terminate(pid, Duration::from_secs(30)),
-        "the daemon stopped"
-    );
-    std::fs::remove_file(&stall).unwrap();
-    env.start_daemon();
-    let (set, everything, _) = parsed(&env.root, changes(&env.root, &t1));
+    let (set, everything) = changes_after_a_clean_restart(&env, pid, &t1);
     assert_eq!(everything, None);
     assert!(has(&set, "p", "modified"), "{set:?}");
 }

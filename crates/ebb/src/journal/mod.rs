@@ -367,15 +367,6 @@ impl Summary {
         }
     }
 
-    /// How many paths it names.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     pub fn finish(self) -> Vec<AnsweredChange> {
         let Summary { names, slots, .. } = self;
         let name = |s: &Slot| s.name(&names);
