@@ -399,11 +399,7 @@ impl Worker {
                 } else {
                     IDLE
                 };
-                let mut fds = [nix::poll::PollFd::new(
-                    self.group.as_fd(),
-                    nix::poll::PollFlags::POLLIN,
-                )];
-                nix::poll::poll(&mut fds, nix::poll::PollTimeout::try_from(wait)?) == Ok(0)
+                self.quiet_for(wait)?
             } else {
                 // A query unparks it: its cookie need not wait.
                 std::thread::park_timeout(COMMIT_EVERY.saturating_sub(committed.elapsed()));
@@ -546,12 +542,19 @@ impl Worker {
             if Instant::now() > deadline {
                 return Ok(Until::Late);
             }
-            let mut fds = [nix::poll::PollFd::new(
-                self.group.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10u8));
+            self.quiet_for(Duration::from_millis(10))?;
         }
+    }
+
+    /// Wait up to `wait` for events: whether none came (an interrupted
+    /// wait is not a quiet one).
+    fn quiet_for(&self, wait: Duration) -> Result<bool> {
+        let mut fds = [nix::poll::PollFd::new(
+            self.group.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let timeout = nix::poll::PollTimeout::try_from(wait)?;
+        Ok(nix::poll::poll(&mut fds, timeout) == Ok(0))
     }
 
     /// Changes whose index entries lag behind.
