@@ -198,7 +198,16 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
             })
         })?;
 
-    let mut populator = Populator::new(group, fs_mark, table, catalog, job_tx, ahead_tx, snapshots);
+    let mut populator = Populator::new(
+        group,
+        tree.root().to_path_buf(),
+        fs_mark,
+        table,
+        catalog,
+        job_tx,
+        ahead_tx,
+        snapshots,
+    );
     tracing::info!(
         "serving {} (store: {}, pid {})",
         tree.root().display(),
@@ -309,10 +318,19 @@ fn event_loop(
         }
         let mut queue_empty = true;
         if read {
-            let events = populator.read_events().context("reading fanotify events")?;
-            queue_empty = events.is_empty();
-            for event in events {
-                populator.on_event(event);
+            // One event the kernel could not open a fd for fails the read
+            // (and is gone): never a reason to stop serving the rest.
+            match populator.read_events() {
+                Ok(events) => {
+                    queue_empty = events.is_empty();
+                    for event in events {
+                        populator.on_event(event);
+                    }
+                }
+                Err(e) => {
+                    queue_empty = false;
+                    populator.on_unreadable_event(&e);
+                }
             }
         }
         let _ = wake.read(); // reset; EAGAIN when nothing poked

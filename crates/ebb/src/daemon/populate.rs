@@ -71,6 +71,18 @@ pub struct Stats {
     pub ignore_marks: u64,
     /// Files seen modified while not fully resident.
     pub modified_seen: u64,
+    /// Events the kernel could not give the daemon (it could not open
+    /// their fd) and denied itself.
+    pub unreadable_events: u64,
+}
+
+/// A writable fd of the stub `handle` that raises no events, opened
+/// through the tree's own mount (see `open_by_handle_nonotify`).
+fn open_for_filling(root: &std::path::Path, handle: &FileHandle) -> Result<File> {
+    let root = File::open(root).context("opening the tree root")?;
+    let fd = crate::sys::fanotify::open_by_handle_nonotify(root.as_fd(), handle, libc::O_RDWR)
+        .context("opening it for writing")?;
+    Ok(File::from(fd))
 }
 
 /// A stub the daemon is serving.
@@ -84,9 +96,10 @@ struct Stub {
     valid_len: u64,
     /// Serialises the fill workers' write + mtime restore on this file.
     write_lock: Arc<Mutex<()>>,
-    /// An fd of the file while fills are in flight (to stat it when the
-    /// residency is recorded); dropped when idle so the daemon never keeps
-    /// a file open, which would make `ebb release` find it busy.
+    /// A writable fd of the file that raises no events, while fills are in
+    /// flight (they write through it; the residency is recorded from its
+    /// stat); dropped when idle so the daemon never keeps a file open,
+    /// which would make `ebb release` find it busy.
     file: Option<Arc<File>>,
     fills_in_flight: usize,
     /// Where the last access ended (a chunk index), to spot a sequential
@@ -109,6 +122,8 @@ struct Waiting {
 /// The daemon's loop state.
 pub struct Populator {
     group: Group,
+    /// The tree's root: fills open their files by handle through it.
+    root: PathBuf,
     /// The filesystem mark: placed once there is something to serve.
     mark: FsMark,
     /// Every permission event read and not answered, in shared memory the
@@ -134,6 +149,7 @@ impl Populator {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         group: Group,
+        root: PathBuf,
         mark: FsMark,
         table: InflightTable,
         catalog: Catalog,
@@ -143,6 +159,7 @@ impl Populator {
     ) -> Populator {
         Populator {
             group,
+            root,
             mark,
             table,
             catalog,
@@ -335,8 +352,22 @@ impl Populator {
             entry.path.display(),
             missing.len()
         );
+        let keep = match &entry.file {
+            Some(keep) => keep.clone(),
+            None => match open_for_filling(&self.root, &entry.handle) {
+                Ok(keep) => entry.file.insert(Arc::new(keep)).clone(),
+                Err(e) => {
+                    tracing::error!(
+                        "{}: cannot open it for filling ({e:#}); the access gets EIO",
+                        entry.path.display()
+                    );
+                    drop(file);
+                    self.respond(id, Response::DenyErrno(libc::EIO));
+                    return;
+                }
+            },
+        };
         let file = Arc::new(file);
-        let keep = entry.file.get_or_insert_with(|| file.clone()).clone();
         for &index in &missing {
             let waiters = self.fills.entry((stub, index)).or_insert_with(|| {
                 entry.fills_in_flight += 1;
@@ -649,6 +680,13 @@ impl Populator {
                 let _ = reply.send(Err(format!("{e:#}")));
             }
         }
+    }
+
+    /// An event could not be read (the kernel could not open its fd, and
+    /// has denied it): counted, and the daemon goes on.
+    pub fn on_unreadable_event(&mut self, e: &std::io::Error) {
+        self.stats.unreadable_events += 1;
+        tracing::error!("an event could not be read ({e}); the kernel denied that access");
     }
 
     /// Stop raising events (a clean stop).

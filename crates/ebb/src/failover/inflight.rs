@@ -196,7 +196,15 @@ impl InflightTable {
         };
         let base = slot_base(slot);
         put_u32(self.mem.bytes_mut(), base, READING);
-        let events = group.read_into(&mut self.mem.bytes_mut()[base + BUF_AT..base + SLOT_SIZE])?;
+        let events =
+            match group.read_into(&mut self.mem.bytes_mut()[base + BUF_AT..base + SLOT_SIZE]) {
+                Ok(events) => events,
+                Err(e) => {
+                    // Nothing was read: the slot is free again.
+                    put_u32(self.mem.bytes_mut(), base, FREE);
+                    return Err(e);
+                }
+            };
         let b = self.mem.bytes_mut();
         let mut open = 0;
         for (i, ev) in events.iter().enumerate().take(MAX_EVENTS) {

@@ -196,7 +196,7 @@ pub fn redrive(
         };
         let mut response = Response::Allow;
         for file in files {
-            if let Err(e) = fill_if_stub(catalog, store, group, &file, start, count) {
+            if let Err(e) = fill_if_stub(&root, catalog, store, group, &file, start, count) {
                 tracing::error!(
                     "redriving event {} of pid {}: {e:#}; the reader gets EIO",
                     p.fd,
@@ -222,6 +222,7 @@ pub fn redrive(
 /// Fill `[start, start + count)` of `file` if the catalog has it as a
 /// stub; do nothing for any other file.
 fn fill_if_stub(
+    root: &File,
     catalog: &mut Catalog,
     store: &Store,
     group: &Group,
@@ -245,7 +246,13 @@ fn fill_if_stub(
             let _ = group.add_ignore_path(&path, crate::daemon::WATCHED, true);
         }
     }
-    let quiet = File::from(fanotify::reopen_nonotify(file.as_fd(), libc::O_RDWR)?);
+    // Written through the tree's own mount: the file may have come from
+    // a reader's read-only one.
+    let quiet = File::from(fanotify::open_by_handle_nonotify(
+        root.as_fd(),
+        &handle,
+        libc::O_RDWR,
+    )?);
     fill_range(catalog, store, &quiet, &mut rec, start, count, &NoProgress)
 }
 

@@ -60,13 +60,20 @@ pub struct InitOptions {
 
 impl InitOptions {
     /// The options of ebb's populate-on-access group: pre-content class,
-    /// unlimited queue and marks, event fds writable.
+    /// unlimited queue and marks, event fds read-only.
+    ///
+    /// Read-only because the kernel opens each event's fd before the event
+    /// can be read, and an open for writing fails for a running binary
+    /// (`ETXTBSY`), an immutable file (`EPERM`) or a read through a
+    /// read-only mount (`EROFS`): `read` then fails and the event is gone,
+    /// already denied. Fills write through a fd of their own
+    /// ([`open_by_handle_nonotify`]).
     pub fn pre_content() -> Self {
         InitOptions {
             class: Class::PreContent,
             nonblock: true,
             unlimited_queue: true,
-            event_open_flags: libc::O_RDWR | libc::O_LARGEFILE,
+            event_open_flags: libc::O_RDONLY | libc::O_LARGEFILE,
             report: 0,
         }
     }
@@ -703,7 +710,7 @@ fn fid_at(kind: u8, rec: &[u8]) -> Option<Fid<'_>> {
 pub fn reopen_nonotify(file: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<OwnedFd> {
     let group = Group::new(InitOptions {
         class: Class::Notif,
-        nonblock: false,
+        nonblock: true,
         unlimited_queue: false,
         event_open_flags: flags | libc::O_LARGEFILE,
         report: 0,
@@ -711,18 +718,42 @@ pub fn reopen_nonotify(file: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<O
     group.mark_inode(file, FAN_OPEN)?;
     let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
     drop(std::fs::File::open(proc_path)?);
+    // Our open's event is queued by now (FAN_OPEN is raised inside
+    // open(2)). Any FAN_OPEN event on this inode, ours or a concurrent
+    // opener's, carries an fd of the same file: take the first. One whose
+    // fd the kernel could not open (a concurrent opener through a
+    // read-only mount, say) fails its read and is skipped.
     let mut buf = EventBuffer::new(4096);
+    let mut failed = None;
     loop {
-        // Any FAN_OPEN event on this inode (ours or a concurrent opener's)
-        // carries an fd of the same file; take the first.
-        if let Some(fd) = group
-            .read_events(&mut buf)?
-            .into_iter()
-            .find_map(|e| e.file)
-        {
-            return Ok(fd);
+        match group.read_events(&mut buf) {
+            Ok(events) if events.is_empty() => {
+                return Err(failed.unwrap_or_else(|| {
+                    io::Error::other("no open event arrived for the reopened file")
+                }))
+            }
+            Ok(events) => {
+                if let Some(fd) = events.into_iter().find_map(|e| e.file) {
+                    return Ok(fd);
+                }
+            }
+            Err(e) => failed = Some(e),
         }
     }
+}
+
+/// Open the file named by `handle` on the filesystem of `mount` with
+/// `flags`, as an fd that raises no fanotify events (see
+/// [`reopen_nonotify`]). Through `mount`, not through the path an event
+/// came by: a reader's read-only bind mount must not stop ebb from
+/// filling the file.
+pub fn open_by_handle_nonotify(
+    mount: BorrowedFd<'_>,
+    handle: &crate::sys::handle::FileHandle,
+    flags: libc::c_int,
+) -> io::Result<OwnedFd> {
+    let plain = crate::sys::handle::open_by_handle(mount, handle, libc::O_RDONLY)?;
+    reopen_nonotify(plain.as_fd(), flags)
 }
 
 #[cfg(test)]

@@ -52,15 +52,88 @@ fn pre_access_reports_range_and_fill_through_event_fd_reaches_reader() {
         off <= 8192 && off + count >= 8192 + 4096,
         "range {off}+{count}"
     );
+    // Event fds are read-only; the fill goes through a quiet writable fd
+    // opened by handle on the tree's own mount.
     let file = ev.file.as_ref().expect("event fd");
+    let (handle, _) = crate::sys::handle::handle_of(file.as_fd()).expect("handle");
+    let root = std::fs::File::open(fs.path()).expect("root");
+    let writable = open_by_handle_nonotify(root.as_fd(), &handle, libc::O_RDWR).expect("reopen");
     let payload = vec![0xabu8; 4096];
-    nix::sys::uio::pwrite(file, &payload, 8192).expect("pwrite through event fd");
+    nix::sys::uio::pwrite(&writable, &payload, 8192).expect("pwrite through a quiet fd");
     group
         .respond(ev.id().expect("id"), Response::Allow)
         .expect("allow");
     assert_eq!(reader.join().expect("reader"), payload);
-    // The write through the event fd raised no event of its own.
+    // The write through the quiet fd raised no event of its own.
     assert!(next_events(&group, &mut buf, Duration::from_millis(200)).is_empty());
+}
+
+/// Why event fds are read-only: with `O_RDWR` the kernel cannot open the
+/// fd of an event on a running binary (`ETXTBSY`), so `read` fails and the
+/// event is gone (the reader is denied by the kernel); read-only, it
+/// arrives.
+#[test]
+fn an_event_whose_fd_cannot_be_opened_fails_the_read() {
+    crate::require_root!();
+    let fs = LoopFs::xfs(300).expect("loop xfs");
+    let path = fs.path().join("sleep");
+    std::fs::copy("/usr/bin/sleep", &path).expect("copy a binary");
+    let mut running = std::process::Command::new(&path)
+        .arg("600")
+        .spawn()
+        .expect("run it");
+    for (flags, arrives) in [(libc::O_RDWR, false), (libc::O_RDONLY, true)] {
+        let group = Group::new(InitOptions {
+            event_open_flags: flags | libc::O_LARGEFILE,
+            ..InitOptions::pre_content()
+        })
+        .expect("group");
+        group
+            .mark_filesystem(fs.path(), FAN_PRE_ACCESS)
+            .expect("fs mark");
+        let reader_path = path.clone();
+        let reader = std::thread::spawn(move || std::fs::read(reader_path));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = EventBuffer::default();
+        let got = loop {
+            match group.read_events(&mut buf) {
+                Ok(events) if events.is_empty() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                other => break other,
+            }
+        };
+        match got {
+            Ok(events) if arrives => {
+                for ev in events {
+                    group
+                        .respond(ev.id().expect("id"), Response::Allow)
+                        .expect("allow");
+                }
+                // Later reads of the same file raise more events: answer
+                // them until the reader is done.
+                while !reader.is_finished() {
+                    for ev in group.read_events(&mut buf).expect("read") {
+                        group
+                            .respond(ev.id().expect("id"), Response::Allow)
+                            .expect("allow");
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                reader.join().expect("join").expect("read allowed");
+            }
+            Err(e) if !arrives => {
+                assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY), "{e}");
+                reader
+                    .join()
+                    .expect("join")
+                    .expect_err("denied by the kernel");
+            }
+            other => panic!("flags {flags:#x}: {other:?}"),
+        }
+    }
+    let _ = running.kill();
+    let _ = running.wait();
 }
 
 #[test]
