@@ -108,6 +108,34 @@ impl LoopFs {
         &self.mountpoint
     }
 
+    /// Unmount and mount the image again, as a machine coming back up
+    /// would (after `xfs_io -x -c shutdown`, say). Nothing may hold the
+    /// filesystem open.
+    pub fn remount(&self) -> Result<()> {
+        // A process killed a moment ago may still be letting go of its
+        // files (its threads exit after the leader shows as dead).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while let Err(e) = run(Command::new("umount").arg(&self.mountpoint)) {
+            if std::time::Instant::now() > deadline {
+                let holders = Command::new("fuser")
+                    .args(["-vm"])
+                    .arg(&self.mountpoint)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                    .unwrap_or_default();
+                return Err(e.context(format!(
+                    "unmounting the test filesystem; held by: {holders}"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(self.dir.path().join("image"))
+            .arg(&self.mountpoint))
+        .context("mounting the test filesystem again")
+    }
+
     /// Scratch space on another filesystem (for stores and the like).
     pub fn scratch(&self) -> PathBuf {
         self.dir.path().to_path_buf()

@@ -493,6 +493,25 @@ impl Env {
         clean
     }
 
+    /// SIGKILL every daemon this value started and wait until each is gone
+    /// (their keepers stay).
+    #[allow(dead_code)] // not every test binary needs it
+    pub fn kill_daemons(&self) {
+        let pids: Vec<i32> =
+            std::mem::take(&mut *self.daemons.lock().unwrap_or_else(|p| p.into_inner()));
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let deadline = Instant::now() + COMMAND_TIMEOUT;
+            while alive(pid) {
+                assert!(Instant::now() < deadline, "daemon {pid} survived SIGKILL");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
     pub fn stats(&self) -> Value {
         stats(&self.root)
     }

@@ -465,6 +465,22 @@ impl Catalog {
         Ok(())
     }
 
+    /// [`Catalog::set_residency`], durable when it returns (the WAL is
+    /// synced at this commit, and so every commit before it): what must
+    /// survive a power cut before ebb goes on, such as "released" before
+    /// the content is punched.
+    pub fn set_residency_durably(
+        &mut self,
+        id: FileId,
+        resident: &Residency,
+        stat: &StatSnap,
+    ) -> Result<()> {
+        self.conn.execute_batch("PRAGMA synchronous=FULL")?;
+        let recorded = self.set_residency(id, resident, stat);
+        self.conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+        recorded
+    }
+
     /// If `stat` shows a change ebb did not make, record it (and in `rec`)
     /// before anything records new attributes over the evidence.
     pub fn note_changes(&mut self, rec: &mut FileRecord, stat: &StatSnap) -> Result<()> {

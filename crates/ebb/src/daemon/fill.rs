@@ -166,6 +166,9 @@ impl<W: Fn()> Worker<W> {
         self.journal.begin(self.index, &job.handle, mtime);
         let found_foreign =
             fill_chunk(&job.file, job.chunk.offset, &data, limit).context("writing the chunk")?;
+        // Durable before the loop records it resident: after a power cut
+        // the catalog must never say resident over a hole.
+        job.file.sync_data().context("syncing the filled chunk")?;
         set_mtime(job.file.as_fd(), mtime).context("restoring the mtime after filling")?;
         self.journal.end(self.index);
         crate::failover::crash_point("after-fill");

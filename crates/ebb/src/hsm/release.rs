@@ -65,28 +65,40 @@ pub fn release(
             freed_bytes: 0,
         });
     }
-    for chunk in rec.version.manifest.iter() {
-        if !store.contains(&chunk.hash)? {
-            bail!(
-                "the archived copy of {} is incomplete: chunk {} is missing from {}; run `ebb archive` on it again (nothing changed)",
-                path.display(),
-                chunk.hash,
-                store.describe()
-            );
-        }
+    // Read back, every chunk, now: the only other copy is about to go.
+    if let Err(e) = store.verify_all(&rec.version.manifest) {
+        bail!(
+            "the archived copy of {} in {} cannot be trusted ({e}); run `ebb archive` on it again (nothing changed)",
+            path.display(),
+            store.describe()
+        );
     }
     // A running daemon may carry an ignore mark on this file from when it
     // was resident; it must go before the file becomes a stub.
     control::forget(tree, file).context("telling the daemon the file is being released")?;
 
+    // "Released" is durable before the first byte goes: a power cut in
+    // between leaves a stub the daemon fills, never one the catalog
+    // believes resident.
     let empty = Residency::empty(rec.version.manifest.len());
-    catalog.set_residency(rec.id, &empty, &stat)?;
-    punch_hole(file.as_fd(), 0, stat.size)
-        .with_context(|| format!("punching out the content of {}", path.display()))?;
+    catalog.set_residency_durably(rec.id, &empty, &stat)?;
+    if let Err(e) = punch_hole(file.as_fd(), 0, stat.size) {
+        // Nothing was punched: the catalog must not keep saying released.
+        let full = Residency::full(rec.version.manifest.len());
+        catalog
+            .set_residency_durably(rec.id, &full, &stat)
+            .context("recording the file resident again after a failed punch")?;
+        return Err(e).with_context(|| {
+            format!(
+                "punching out the content of {} (nothing changed)",
+                path.display()
+            )
+        });
+    }
     set_mtime(file.as_fd(), stat.mtime).context("restoring the mtime after punching")?;
     file.sync_all()
         .with_context(|| format!("syncing {}", path.display()))?;
-    catalog.set_residency(rec.id, &empty, &StatSnap::of(&file.metadata()?))?;
+    catalog.set_residency_durably(rec.id, &empty, &StatSnap::of(&file.metadata()?))?;
     Ok(ReleaseOutcome {
         released: true,
         size: stat.size,

@@ -185,6 +185,8 @@ pub fn fill_range(
         rec.resident.insert(i);
         progress.advance(u64::from(chunk.len));
     }
+    // Durable before it is recorded resident (see `daemon::fill`).
+    file.sync_data().context("syncing the filled chunks")?;
     set_mtime(file.as_fd(), before.mtime).context("restoring the mtime")?;
     catalog.set_residency(rec.id, &rec.resident, &StatSnap::of(&file.metadata()?))?;
     if found_foreign {

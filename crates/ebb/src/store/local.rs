@@ -132,9 +132,6 @@ impl LocalDir {
 impl Backend for LocalDir {
     fn put(&self, hash: &ChunkHash, blob: &[u8]) -> Result<(), StoreError> {
         let (dir, object) = self.fan_out(hash);
-        if self.contains(hash)? {
-            return Ok(());
-        }
         match fs::create_dir(&dir) {
             Ok(()) => self.mark_dirty(self.chunks.clone()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -147,8 +144,8 @@ impl Backend for LocalDir {
         tmp.write_all(blob)
             .and_then(|()| tmp.as_file().sync_all())
             .map_err(io_err("write chunk", tmp.path()))?;
-        // A concurrent put of the same hash may win the rename; both files
-        // hold the same bytes, so replacing it is harmless.
+        // Replaces a damaged object; a concurrent put of the same hash may
+        // win the rename, and both files hold the same bytes.
         tmp.persist(&object)
             .map_err(|e| io_err("rename chunk into place", &object)(e.error))?;
         self.mark_dirty(dir);
@@ -177,6 +174,17 @@ impl Backend for LocalDir {
             });
         }
         Ok(blob)
+    }
+
+    fn make_durable(&self, hash: &ChunkHash) -> Result<(), StoreError> {
+        let (dir, object) = self.fan_out(hash);
+        File::open(&object)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("fsync chunk", &object))?;
+        // Its name, and a fan-out directory made by the same writer.
+        self.mark_dirty(dir);
+        self.mark_dirty(self.chunks.clone());
+        Ok(())
     }
 
     fn contains(&self, hash: &ChunkHash) -> Result<bool, StoreError> {
@@ -273,10 +281,11 @@ mod tests {
         assert!(!store.contains(&hash).unwrap());
         assert!(matches!(store.get(&hash), Err(StoreError::Missing { .. })));
         store.put(&hash, b"blob").unwrap();
-        // A second put of an existing object is a no-op, not an overwrite.
+        // A second put replaces the object (the store repairs so).
         store.put(&hash, b"other").unwrap();
         assert!(store.contains(&hash).unwrap());
-        assert_eq!(store.get(&hash).unwrap(), b"blob");
+        assert_eq!(store.get(&hash).unwrap(), b"other");
+        store.make_durable(&hash).unwrap();
         assert_eq!(count_objects(tmp.path()), 1);
         store.sync().unwrap();
         assert!(store.dirty.lock().unwrap().is_empty());

@@ -130,12 +130,18 @@ pub enum StoreError {
 /// Where chunk bytes live. A local directory now; S3-compatible object
 /// storage later implements the same trait.
 pub trait Backend: Send + Sync + fmt::Debug {
-    /// Store `blob` under `hash`. Atomic: a half-written object is never
+    /// Store `blob` under `hash`, replacing any object already there (a
+    /// damaged one is repaired so). Atomic: a half-written object is never
     /// visible under `hash`. Durable once this returns or after [`sync`].
-    /// A no-op if the object already exists.
     ///
     /// [`sync`]: Backend::sync
     fn put(&self, hash: &ChunkHash, blob: &[u8]) -> Result<(), StoreError>;
+    /// Make the object already stored under `hash` durable by the next
+    /// [`sync`], whoever wrote it (another process may have renamed it in
+    /// and died before making it so).
+    ///
+    /// [`sync`]: Backend::sync
+    fn make_durable(&self, hash: &ChunkHash) -> Result<(), StoreError>;
     /// The blob stored under `hash`; [`StoreError::Missing`] if absent.
     fn get(&self, hash: &ChunkHash) -> Result<Vec<u8>, StoreError>;
     /// Whether an object is stored under `hash`.
@@ -174,19 +180,38 @@ impl Store {
         Store { backend }
     }
 
-    /// Hash `data`, and unless the backend already holds it, encode and put
-    /// it. Returns the hash and whether it was newly written (two concurrent
-    /// puts of the same new chunk may both report `true`).
+    /// Hash `data`, and unless the backend already holds a copy that reads
+    /// back and verifies, encode and put it. An existing copy is made
+    /// durable by the next [`Store::sync`] (its writer may not have); a
+    /// damaged one is replaced. Returns the hash and whether it was written
+    /// (two concurrent puts of the same new chunk may both report `true`).
     pub fn put_chunk(&self, data: &[u8]) -> Result<(ChunkHash, bool), StoreError> {
-        if data.len() > CHUNK_MAX as usize {
-            return Err(StoreError::TooLarge { len: data.len() });
-        }
+        let len = u32::try_from(data.len())
+            .ok()
+            .filter(|&len| len <= CHUNK_MAX)
+            .ok_or(StoreError::TooLarge { len: data.len() })?;
         let hash = ChunkHash::of(data);
-        if self.backend.contains(&hash)? {
-            return Ok((hash, false));
+        match self.get_chunk(&hash, len) {
+            Ok(_) => {
+                self.backend.make_durable(&hash)?;
+                return Ok((hash, false));
+            }
+            Err(StoreError::Missing { .. }) => {}
+            Err(StoreError::Corrupt { why, .. }) => {
+                tracing::warn!("chunk {hash} in the store is damaged ({why}); writing it again");
+            }
+            Err(e) => return Err(e),
         }
         self.backend.put(&hash, &encode(data))?;
         Ok((hash, true))
+    }
+
+    /// Read back and verify every chunk of `manifest`; the first that is
+    /// missing or does not verify is the error.
+    pub fn verify_all(&self, manifest: &[ChunkRef]) -> Result<(), StoreError> {
+        manifest
+            .iter()
+            .try_for_each(|c| self.get_chunk(&c.hash, c.len).map(drop))
     }
 
     /// Read, decode and verify a chunk: its uncompressed length must be
