@@ -157,3 +157,222 @@ fn a_power_cut_right_after_a_fill_leaves_exact_bytes() {
     );
     assert_reads(&path, &data);
 }
+
+/// Offsets at which ebb's chunker cuts `data`.
+fn chunk_starts(data: &[u8]) -> Vec<u64> {
+    let mut starts = Vec::new();
+    ebb::store::for_each_chunk(data, |offset, _| {
+        starts.push(offset);
+        Ok(())
+    })
+    .expect("chunking");
+    starts
+}
+
+/// Wait until the daemon's log has `needle`, or fail.
+fn wait_for_log(env: &Env, needle: &str) {
+    let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+    while !env.log().contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never said {needle:?}:\n{}",
+            env.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// A python process that waits for a line on stdin before each step.
+struct Stepper {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Stepper {
+    fn start(code: &str, args: &[&OsStr]) -> Stepper {
+        let mut child = Command::new(PYTHON)
+            .arg("-c")
+            .arg(code)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut s = Stepper { child, out };
+        s.expect("ready");
+        s
+    }
+
+    fn expect(&mut self, what: &str) {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("reading the child");
+        assert_eq!(line.trim(), what, "the child said {line:?}");
+    }
+
+    /// Let it take its next step and wait until it says `done`.
+    fn step(&mut self) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n").expect("writing to the child");
+        stdin.flush().expect("flush");
+        self.expect("done");
+    }
+}
+
+impl Drop for Stepper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The release of a file whose content differs from its archived version
+/// is refused, and the file keeps its bytes.
+fn release_is_refused(env: &Env, path: &Path, want: &[u8]) {
+    assert_eq!(
+        env.status(path)["modified"],
+        true,
+        "status of {}",
+        path.display()
+    );
+    ebb([OsStr::new("release"), path.as_os_str()])
+        .fails()
+        .says("changed since it was archived");
+    assert_reads(path, want);
+}
+
+#[test]
+fn a_rewrite_that_puts_size_and_mtime_back_counts_as_modified() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let old = seeded_bytes(500_000, 50);
+    let new = seeded_bytes(500_000, 51);
+    let path = env.path("rsynced.bin");
+    write_file(&path, &old);
+    env.archive(&path);
+    // rsync --inplace -t, or a write followed by touch -r.
+    python(
+        "import os, sys\n\
+         p = sys.argv[1]; st = os.stat(p)\n\
+         with open(p, 'r+b') as f: f.write(open(sys.argv[2], 'rb').read())\n\
+         os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))",
+        &[path.as_os_str(), write_tmp(&env, &new).as_os_str()],
+    )
+    .ok();
+    release_is_refused(&env, &path, &new);
+}
+
+fn write_tmp(env: &Env, data: &[u8]) -> std::path::PathBuf {
+    let p = env.fs.scratch().join("input");
+    write_file(&p, data);
+    p
+}
+
+#[test]
+fn a_write_through_a_mapping_dirty_since_before_the_archive_is_not_lost() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let old = seeded_bytes(400_000, 60);
+    let path = env.path("mapped.bin");
+    write_file(&path, &old);
+    // Map it shared and writable, dirty the first page, keep the mapping.
+    let mut writer = Stepper::start(
+        "import mmap, os, sys\n\
+         fd = os.open(sys.argv[1], os.O_RDWR)\n\
+         m = mmap.mmap(fd, 0)\n\
+         m[0:5] = b'first'\n\
+         print('ready', flush=True)\n\
+         sys.stdin.readline()\n\
+         m[5:11] = b'second'\n\
+         m.close(); os.close(fd)\n\
+         print('done', flush=True)\n\
+         sys.stdin.readline()",
+        &[path.as_os_str()],
+    );
+    env.archive(&path);
+    // The page may still be dirty: this write changes no timestamp unless
+    // the archive wrote it back first.
+    writer.step();
+    drop(writer);
+    let mut want = old.clone();
+    want[0..5].copy_from_slice(b"first");
+    want[5..11].copy_from_slice(b"second");
+    release_is_refused(&env, &path, &want);
+}
+
+#[test]
+fn a_write_racing_the_last_fill_is_not_hidden_by_the_mtime_put_back() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let a = seeded_bytes(8 << 20, 70);
+    let b = seeded_bytes(4 << 20, 71);
+    let (a_path, _) = env.released_file("a.bin", &a);
+    // The writer's source: a stub, so its copy waits on fills and the
+    // write ends well after it began (and after a.bin's last fill).
+    let (b_path, _) = env.released_file("b.bin", &b);
+    let starts = chunk_starts(&a);
+    let last = *starts.last().expect("chunks");
+    assert!(last > 4 << 20, "the last chunk must lie past the write");
+    env.start_daemon_with(
+        |cmd| {
+            cmd.env("EBB_TEST_FILL_PAUSE_MS", "300");
+        },
+        COMMAND_TIMEOUT,
+    );
+    // Everything but the last chunk on disk (events come in whole pages:
+    // stop at the page the last chunk starts in).
+    let head_end = last / 4096 * 4096;
+    assert!(
+        head_end > starts[starts.len() - 2],
+        "the chunk before the last must end in a later page"
+    );
+    let head = python(
+        "import os, sys\n\
+         fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+         n = int(sys.argv[2]); got = 0\n\
+         while got < n: got += len(os.pread(fd, min(1 << 20, n - got), got))",
+        &[a_path.as_os_str(), OsStr::new(&head_end.to_string())],
+    );
+    head.ok();
+    assert_eq!(
+        env.status(&a_path)["state"],
+        "partial",
+        "only the last chunk missing"
+    );
+    let mut writer = Stepper::start(
+        "import mmap, os, sys\n\
+         fd = os.open(sys.argv[1], os.O_WRONLY)\n\
+         src = os.open(sys.argv[2], os.O_RDONLY)\n\
+         m = mmap.mmap(src, 0, prot=mmap.PROT_READ)\n\
+         print('ready', flush=True)\n\
+         sys.stdin.readline()\n\
+         n = os.pwrite(fd, memoryview(m), 0)\n\
+         assert n == len(m), n\n\
+         os.close(fd)\n\
+         print('done', flush=True)\n\
+         sys.stdin.readline()",
+        &[a_path.as_os_str(), b_path.as_os_str()],
+    );
+    // The reader of the tail sets off the last fill; once it has written
+    // its chunk (and before it puts the mtime back) the writer starts.
+    let reader = std::thread::spawn({
+        let a_path = a_path.clone();
+        move || {
+            python(
+                "import os, sys\n\
+                 fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+                 os.pread(fd, 4096, int(sys.argv[2]))",
+                &[a_path.as_os_str(), OsStr::new(&last.to_string())],
+            )
+        }
+    });
+    wait_for_log(&env, &format!("chunk at {last} written; pausing"));
+    writer.step();
+    drop(writer);
+    reader.join().expect("reader").ok();
+    let mut want = a.clone();
+    want[..b.len()].copy_from_slice(&b);
+    release_is_refused(&env, &a_path, &want);
+}

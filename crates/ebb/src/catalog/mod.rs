@@ -187,11 +187,18 @@ impl FileRecord {
     }
 
     /// Whether the content may differ from the archived version: a write
-    /// was seen, or size or mtime are not what ebb left. (Not the ctime:
-    /// ebb's own fills change it, and a fill cut short by a crash must not
-    /// make a file look rewritten.)
+    /// was seen, or size or mtime are not what ebb left, or, for a file all
+    /// on disk, the ctime (a rewrite that put size and mtime back, as
+    /// `rsync --inplace -t` or `touch -r` do, still moves the ctime; so
+    /// does a chmod, which then needs an archive again). Not the ctime of
+    /// a file being filled: ebb's own fills change it, and one cut short by
+    /// a crash must not make the file look rewritten; every fill's ctime is
+    /// recorded by the time the file is all on disk.
     pub fn is_modified(&self, stat: &StatSnap) -> bool {
-        self.modified || stat.size != self.expected.size || stat.mtime != self.expected.mtime
+        self.modified
+            || stat.size != self.expected.size
+            || stat.mtime != self.expected.mtime
+            || (self.resident.is_complete() && stat.ctime != self.expected.ctime)
     }
 
     /// Bytes of the archived version that are on disk.

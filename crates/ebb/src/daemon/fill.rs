@@ -169,10 +169,27 @@ impl<W: Fn()> Worker<W> {
         // Durable before the loop records it resident: after a power cut
         // the catalog must never say resident over a hole.
         job.file.sync_data().context("syncing the filled chunk")?;
+        pause_for_tests(job.chunk.offset);
         set_mtime(job.file.as_fd(), mtime).context("restoring the mtime after filling")?;
         self.journal.end(self.index);
         crate::failover::crash_point("after-fill");
         Ok((data.len() as u64, found_foreign))
+    }
+}
+
+/// `EBB_TEST_FILL_PAUSE_MS=N`: every fill waits N ms between writing its
+/// chunk and putting the mtime back, and says so in the log first, so a
+/// test can land a write of its own in that window every time.
+fn pause_for_tests(offset: u64) {
+    use std::sync::OnceLock;
+    static PAUSE: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        let ms = std::env::var("EBB_TEST_FILL_PAUSE_MS").ok()?.parse().ok()?;
+        Some(std::time::Duration::from_millis(ms))
+    });
+    if let Some(pause) = pause {
+        tracing::info!("EBB_TEST_FILL_PAUSE_MS: chunk at {offset} written; pausing");
+        std::thread::sleep(*pause);
     }
 }
 

@@ -85,6 +85,37 @@ fn open_for_filling(root: &std::path::Path, handle: &FileHandle) -> Result<File>
     Ok(File::from(fd))
 }
 
+/// What an accessed file is to the daemon.
+enum Lookup {
+    /// A stub it serves.
+    Stub(FileId),
+    /// In the catalog, all on disk; `modified` if it already counts so.
+    Resident { id: FileId, modified: bool },
+    /// Not in the catalog.
+    Unmanaged,
+}
+
+impl Lookup {
+    /// How a file that needs no service is silenced.
+    fn silence(&self) -> Silence {
+        match self {
+            Lookup::Resident {
+                modified: false, ..
+            } => Silence::UntilWritten,
+            _ => Silence::ForGood,
+        }
+    }
+}
+
+/// How long an ignore mark silences a file.
+#[derive(Clone, Copy)]
+enum Silence {
+    /// Until the file is written: the write's `FAN_MODIFY` comes through.
+    UntilWritten,
+    /// For as long as the mark lives.
+    ForGood,
+}
+
 /// A stub the daemon is serving.
 struct Stub {
     path: PathBuf,
@@ -230,7 +261,11 @@ impl Populator {
         self.table.answered(id.0);
     }
 
-    fn ignore(&mut self, file: &File) {
+    /// Silence `file`: it needs no service. A file the catalog holds
+    /// unmodified is silenced only until it is next written
+    /// ([`Silence::UntilWritten`]): that write's `FAN_MODIFY` still comes,
+    /// and marks it modified even if a fill put its mtime back meanwhile.
+    fn ignore(&mut self, file: &File, silence: Silence) {
         // A snapshot's source must keep raising events (a FAN_MODIFY
         // after an allowed write would otherwise silence it).
         if !self.snapshots.is_empty()
@@ -238,7 +273,14 @@ impl Populator {
         {
             return;
         }
-        match self.group.add_ignore(file.as_fd(), WATCHED, true) {
+        let added = match silence {
+            Silence::ForGood => self.group.add_ignore(file.as_fd(), WATCHED, true),
+            Silence::UntilWritten => {
+                self.group
+                    .add_ignore_until_modified(file.as_fd(), WATCHED, true)
+            }
+        };
+        match added {
             Ok(()) => self.stats.ignore_marks += 1,
             Err(e) => tracing::warn!("adding an ignore mark: {e}"),
         }
@@ -307,9 +349,9 @@ impl Populator {
 
     fn go_on_with_access(&mut self, file: File, id: EventId, range: Option<(u64, u64)>) {
         let stub = match self.lookup(&file) {
-            Ok(Some(stub)) => stub,
-            Ok(None) => {
-                self.ignore(&file);
+            Ok(Lookup::Stub(stub)) => stub,
+            Ok(other) => {
+                self.ignore(&file, other.silence());
                 drop(file);
                 self.respond(id, Response::Allow);
                 return;
@@ -421,18 +463,27 @@ impl Populator {
     }
 
     fn on_modify(&mut self, file: &File) {
-        let stub = match self.lookup(file) {
-            Ok(Some(stub)) => stub,
-            Ok(None) => {
-                self.ignore(file);
-                return;
+        match self.lookup(file) {
+            Ok(Lookup::Stub(stub)) => self.note_modified(stub, None),
+            Ok(Lookup::Resident { id, modified }) => {
+                // Written by someone else, whatever its mtime says now (a
+                // fill may have put it back over this write's).
+                if !modified {
+                    tracing::info!(
+                        "a managed file was written (file {}); it counts as modified",
+                        id.0
+                    );
+                    self.stats.modified_seen += 1;
+                    if let Err(e) = self.catalog.mark_modified(id, u64::MAX) {
+                        tracing::error!("recording that file {} was modified: {e:#}", id.0);
+                        return;
+                    }
+                }
+                self.ignore(file, Silence::ForGood);
             }
-            Err(e) => {
-                tracing::error!("cannot tell whether a modified file is managed: {e:#}");
-                return;
-            }
-        };
-        self.note_modified(stub, None);
+            Ok(Lookup::Unmanaged) => self.ignore(file, Silence::ForGood),
+            Err(e) => tracing::error!("cannot tell whether a modified file is managed: {e:#}"),
+        }
     }
 
     /// Record (once) that a stub was changed by someone else, and, if it
@@ -467,20 +518,24 @@ impl Populator {
         Ok(())
     }
 
-    /// The stub `file` is, loading it from the catalog on first sight;
-    /// `None` if the file needs no service (unmanaged or fully resident).
-    fn lookup(&mut self, file: &File) -> Result<Option<FileId>> {
+    /// What `file` is to the daemon, loading a stub from the catalog on
+    /// first sight.
+    fn lookup(&mut self, file: &File) -> Result<Lookup> {
         let (handle, _) = handle_of(file.as_fd()).context("name_to_handle_at on an event fd")?;
         // Which file, for a daemon that takes over if this one dies now.
         self.table.record_handle(EventId::of(file).0, &handle);
         if let Some(&id) = self.by_handle.get(&handle) {
-            return Ok(Some(id));
+            return Ok(Lookup::Stub(id));
         }
         let Some(mut rec) = self.catalog.file_by_handle(&handle)? else {
-            return Ok(None);
+            return Ok(Lookup::Unmanaged);
         };
         if rec.resident.is_complete() {
-            return Ok(None);
+            let modified = rec.is_modified(&StatSnap::of(&file.metadata()?));
+            return Ok(Lookup::Resident {
+                id: rec.id,
+                modified,
+            });
         }
         // Changes made while no daemon watched (or before this one cached
         // the file) are recorded before any fill records new attributes.
@@ -512,7 +567,7 @@ impl Populator {
                 read_ahead_to: 0,
             },
         );
-        Ok(Some(id))
+        Ok(Lookup::Stub(id))
     }
 
     /// Take in finished fills. Call [`Populator::settle`] after a batch.
@@ -643,12 +698,15 @@ impl Populator {
         let handle = stub.handle.clone();
         self.stubs.remove(&id);
         self.by_handle.remove(&handle);
-        self.ignore(&file);
+        self.ignore(&file, Silence::UntilWritten);
     }
 
-    /// `ebb release` is about to punch `file`: drop any ignore mark on it
-    /// and anything cached, so its next access is served from the store.
+    /// `ebb release` is about to punch `file`: take in every event queued
+    /// so far (a write's `FAN_MODIFY` must be recorded before release
+    /// looks at the file), drop any ignore mark on it and anything cached,
+    /// so its next access is served from the store.
     pub fn forget(&mut self, file: &File) -> Result<()> {
+        self.drain_events();
         let (handle, _) = handle_of(file.as_fd())?;
         if self.snapshots.is_source(&handle) {
             anyhow::bail!("a snapshot of it is being taken; release it once the snapshot is done");
@@ -678,6 +736,22 @@ impl Populator {
             Ok(since) => self.snapshots.request(req, since, reply),
             Err(e) => {
                 let _ = reply.send(Err(format!("{e:#}")));
+            }
+        }
+    }
+
+    /// Read and handle every event queued now (as far as the in-flight
+    /// table has room).
+    fn drain_events(&mut self) {
+        loop {
+            match self.read_events() {
+                Ok(events) if events.is_empty() => return,
+                Ok(events) => {
+                    for event in events {
+                        self.on_event(event);
+                    }
+                }
+                Err(e) => self.on_unreadable_event(&e),
             }
         }
     }

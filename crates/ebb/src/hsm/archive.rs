@@ -40,6 +40,12 @@ pub fn archive(
     let path = managed_path(tree, path)?;
     let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let identity = identity_of(&file)?;
+    // Written back first: a page dirtied through a shared mapping is then
+    // clean and write-protected, so a later write through the mapping
+    // faults and moves mtime and ctime (a write to a page still dirty would
+    // change the content and neither time).
+    file.sync_data()
+        .with_context(|| format!("writing back {} before reading it", path.display()))?;
     let before = StatSnap::of(&file.metadata()?);
     let previous = catalog.file_by_handle(&identity.handle)?;
     if let Some(rec) = &previous {

@@ -45,6 +45,10 @@ pub fn release(
     })?;
     let file = held.file();
     let identity = identity_of(file)?;
+    // First: a running daemon takes in the writes it was told of, and may
+    // carry an ignore mark on this file from when it was resident, which
+    // must go before the file becomes a stub.
+    control::forget(tree, file).context("telling the daemon the file is being released")?;
     let Some(rec) = catalog.file_by_handle(&identity.handle)? else {
         bail!(
             "{} is not archived; run `ebb archive` on it first (nothing changed)",
@@ -73,10 +77,6 @@ pub fn release(
             store.describe()
         );
     }
-    // A running daemon may carry an ignore mark on this file from when it
-    // was resident; it must go before the file becomes a stub.
-    control::forget(tree, file).context("telling the daemon the file is being released")?;
-
     // "Released" is durable before the first byte goes: a power cut in
     // between leaves a stub the daemon fills, never one the catalog
     // believes resident.

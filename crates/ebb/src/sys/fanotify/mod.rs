@@ -295,6 +295,23 @@ impl Group {
         self.mark_raw(flags, mask, file.as_raw_fd(), None)
     }
 
+    /// Ignore `mask` on the inode of `file` until the file is next
+    /// modified: the kernel clears the ignore mask at the first
+    /// `FS_MODIFY` and delivers that event (no
+    /// `FAN_MARK_IGNORED_SURV_MODIFY`).
+    pub fn add_ignore_until_modified(
+        &self,
+        file: BorrowedFd<'_>,
+        mask: u64,
+        evictable: bool,
+    ) -> io::Result<()> {
+        let mut flags = libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORE;
+        if evictable {
+            flags |= libc::FAN_MARK_EVICTABLE;
+        }
+        self.mark_raw(flags, mask, file.as_raw_fd(), None)
+    }
+
     /// [`Group::add_ignore`] on the file at `path` (not following a final
     /// symlink), without opening it. Opening and closing a file drops every
     /// POSIX lock this process holds on it, SQLite's among them.
