@@ -214,7 +214,7 @@ fn second_daemon_is_refused() {
         .fails()
         .says(&pid.to_string());
     one_line(&run);
-    let mut fg = std::process::Command::new(EBB);
+    let mut fg = ebb_command();
     fg.arg("daemon")
         .arg(&env.root)
         .stdin(std::process::Stdio::null());
@@ -273,7 +273,7 @@ fn missing_store() {
         .fails()
         .says(&store);
     one_line(&run);
-    let mut fg = std::process::Command::new(EBB);
+    let mut fg = ebb_command();
     fg.arg("daemon")
         .arg(&env.root)
         .stdin(std::process::Stdio::null());

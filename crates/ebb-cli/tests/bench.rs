@@ -1,13 +1,15 @@
 //! The benchmarks run at a small size on every test run, so they keep
 //! working; their figures are printed, never asserted (timings are not
-//! tests). Full size is run by hand: see BENCHMARKS.md.
+//! tests). Full size is run by hand: see BENCHMARKS.md. The daemons and
+//! keepers a bench starts use the test's own runtime directory.
 
-use std::process::Command;
+mod common;
 
 #[test]
 fn bench_populate_runs_small_and_reports_every_figure() {
     ebb::require_root!();
-    let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+    let _run = common::run_dir();
+    let out = common::ebb_command()
         .args([
             "bench",
             "populate",
@@ -59,7 +61,8 @@ fn bench_populate_runs_small_and_reports_every_figure() {
 #[test]
 fn bench_failover_no_reader_sees_an_error_or_a_wrong_byte() {
     ebb::require_root!();
-    let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+    let _run = common::run_dir();
+    let out = common::ebb_command()
         .args([
             "bench",
             "failover",
@@ -103,8 +106,9 @@ fn bench_failover_no_reader_sees_an_error_or_a_wrong_byte() {
 #[test]
 fn bench_snapshot_runs_small_and_reports_every_figure() {
     ebb::require_root!();
+    let _run = common::run_dir();
     for fs in ["xfs", "btrfs"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        let out = common::ebb_command()
             .args(["bench", "snapshot", "--size", "32MiB", "--fs", fs, "--json"])
             .output()
             .expect("run ebb bench snapshot");
@@ -148,7 +152,8 @@ fn bench_snapshot_runs_small_and_reports_every_figure() {
 #[test]
 fn bench_journal_runs_small_and_loses_nothing() {
     ebb::require_root!();
-    let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+    let _run = common::run_dir();
+    let out = common::ebb_command()
         .args([
             "bench",
             "journal",
@@ -192,7 +197,8 @@ fn bench_journal_runs_small_and_loses_nothing() {
 #[test]
 fn bench_remote_runs_small_and_every_subscriber_is_exact() {
     ebb::require_root!();
-    let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+    let _run = common::run_dir();
+    let out = common::ebb_command()
         .args([
             "bench",
             "remote",

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ const MIB: usize = 1 << 20;
 fn foreground(env: &Env, name: &str) -> (KillOnDrop, std::path::PathBuf) {
     let log = env.fs.scratch().join(name);
     let child = KillOnDrop::spawn(
-        Command::new(EBB)
+        ebb_command()
             .arg("daemon")
             .arg(&env.root)
             .stdin(Stdio::null())
@@ -184,4 +185,79 @@ fn a_tree_that_tiers_nothing_raises_no_events_until_a_file_is_released() {
     std::io::Read::read_to_end(&mut reader.0.stdout.take().expect("piped"), &mut got)
         .expect("read");
     assert_same(&got, &data, "read across the restart");
+}
+
+/// 13d. A machine just booted, or never used: the runtime directory does
+///      not exist (only its parent does). The daemon makes it, private
+///      and ours, its keeper listens there, and a released file reads
+///      back exact; a daemon started again finds it there and serves.
+#[test]
+fn a_daemon_serves_with_a_runtime_directory_that_does_not_exist_yet() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    ebb::require_root!();
+    let env = Env::new(300);
+    let run = env.run.path();
+    let data = random_bytes(3 * MIB + 5);
+    let (path, _) = env.released_file("after-boot.bin", &data);
+    assert!(
+        !run.exists() && run.parent().is_some_and(Path::is_dir),
+        "the runtime directory {} should not exist yet, its parent should",
+        run.display()
+    );
+
+    env.start_daemon();
+    let meta = std::fs::symlink_metadata(&run).expect("the daemon made the runtime directory");
+    assert!(meta.is_dir(), "{} is not a directory", run.display());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700, "private");
+    assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw(), "ours");
+    let socket = env.keeper_socket().expect("the tree's id");
+    assert!(socket.starts_with(&run), "{}", socket.display());
+    let socket_meta = std::fs::symlink_metadata(&socket).expect("the keeper's socket");
+    assert!(socket_meta.file_type().is_socket());
+    assert!(
+        env.keeper().is_some(),
+        "no keeper answers in {}",
+        run.display()
+    );
+    assert_reads(&path, &data);
+
+    // Once made, the directory is used as it is.
+    assert!(env.stop_daemons(), "needed SIGKILL");
+    assert_eq!(env.release(&path)["result"], "released");
+    env.start_daemon();
+    assert_reads(&path, &data);
+}
+
+/// 13e. A runtime directory that is a symlink (someone else could choose
+///      where the daemon writes) is refused in one line naming it and the
+///      way out, and nothing is made through it.
+#[test]
+fn a_runtime_directory_that_is_a_symlink_is_refused() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let elsewhere = env.fs.scratch().join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    let link = env.fs.scratch().join("run-link");
+    std::os::unix::fs::symlink(&elsewhere, &link).expect("symlink");
+    let mut cmd = ebb_command();
+    cmd.arg("daemon")
+        .arg(&env.root)
+        .arg("--background")
+        .env(ebb::rundir::ENV, &link)
+        .env_remove("EBB_LOG")
+        .stdin(Stdio::null());
+    let run = run_cmd(&mut cmd, COMMAND_TIMEOUT)
+        .fails()
+        .says(&link.display().to_string())
+        .says("symlink")
+        .says("EBB_RUN_DIR");
+    let lines: Vec<&str> = run.stderr.trim().lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {:?}", run.stderr);
+    assert!(lines[0].starts_with("ebb: error: "), "{:?}", lines[0]);
+    let made: Vec<_> = std::fs::read_dir(&elsewhere).expect("read_dir").collect();
+    assert!(made.is_empty(), "files made through the symlink: {made:?}");
+    assert!(
+        !env.root.join(".ebb/daemon.sock").exists(),
+        "a refused daemon left its socket"
+    );
 }

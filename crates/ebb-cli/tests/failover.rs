@@ -6,7 +6,8 @@
 //!
 //! Every daemon and keeper started here is gone at the end of each test,
 //! even when it fails: [`Fix`] stops the daemons it knows of and then the
-//! tree's keeper (a SIGKILLed daemon leaves its keeper running).
+//! tree's keeper (a SIGKILLed daemon leaves its keeper running); the
+//! keeper's files go with the test's runtime directory.
 
 mod common;
 
@@ -18,7 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ebb::failover::keeper::{socket_path, KeeperClient};
+use ebb::failover::keeper::KeeperClient;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -113,21 +114,12 @@ impl Fix {
     }
 
     fn keeper_socket(&self) -> PathBuf {
-        socket_path(&self.id)
+        self.env.run.dir().keeper_socket(&self.id)
     }
 
     /// The pid of the tree's keeper, if one runs.
     fn keeper_pid(&self) -> Option<i32> {
-        let mut lock = self.keeper_socket().into_os_string();
-        lock.push(".lock");
-        let pid: i32 = std::fs::read_to_string(&lock).ok()?.trim().parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_ours = args.contains(&b"keeper".as_slice())
-            && args
-                .iter()
-                .any(|a| String::from_utf8_lossy(a).contains(&self.id));
-        (alive(pid) && is_ours).then_some(pid)
+        keeper_pid(&self.keeper_socket())
     }
 
     /// Wait (at most `timeout`) until no keeper runs for the tree.
@@ -165,7 +157,7 @@ impl Fix {
 
     /// An `ebb` command with a timeout of its own.
     fn ebb_within(&self, timeout: Duration, args: &[&OsStr]) -> Run {
-        let mut cmd = Command::new(EBB);
+        let mut cmd = ebb_command();
         cmd.args(args).stdin(Stdio::null()).env_remove("EBB_LOG");
         run_cmd(&mut cmd, timeout)
     }
@@ -195,18 +187,9 @@ impl Drop for Fix {
                 }
             }
         }
-        // What a keeper leaves in /run/ebb (its log, its lock file; the
-        // socket if it was killed) is of no use once the tree is gone.
-        if self.keeper_pid().is_none() {
-            let socket = self.keeper_socket();
-            for suffix in ["", ".lock"] {
-                let mut p = socket.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
-            }
-            let _ = std::fs::remove_file(socket.with_extension("log"));
-        }
-        // Then `env` goes: its daemons (none) and the filesystem.
+        // Then `env` goes: its daemons (none), the filesystem, and with
+        // the last `Env` of the test the runtime directory, where the
+        // keeper left its log and lock (and its socket if it was killed).
     }
 }
 
@@ -675,6 +658,7 @@ fn two_commands_after_a_crash_then_a_restart_sqlite_wal_recreated() {
     for n in 1..=2 {
         let mut cmd = Command::new("timeout");
         cmd.arg("20").arg(EBB).args(status).stdin(Stdio::null());
+        fix.env.run.apply(&mut cmd);
         let run = run_cmd(&mut cmd, Duration::from_secs(60));
         assert!(
             run.success(),

@@ -414,7 +414,7 @@ fn sha256_file(path: &Path) -> String {
 /// was still running (and so was killed mid-way).
 fn kill_archive_after(path: &Path, after: Duration) -> bool {
     let mut child = KillOnDrop::spawn(
-        Command::new(EBB)
+        ebb_command()
             .arg("archive")
             .arg(path)
             .stdin(Stdio::null())

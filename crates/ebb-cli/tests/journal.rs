@@ -314,7 +314,7 @@ fn a_query_during_a_long_crawl_is_told_everything_not_an_error() {
     std::fs::write(&stall, b"").unwrap();
     start_stallable(&env);
     let root = env.root.clone();
-    let current = std::thread::spawn(move || token(&root));
+    let current = common::spawn(move || token(&root));
     let (set, everything, _) = parsed(&env.root, changes(&env.root, &t0));
     assert!(set.is_empty(), "{set:?}");
     let why = everything.expect("everything, while the gap is being repaired");
@@ -369,7 +369,9 @@ fn git_status_with_the_hook_always_equals_git_status_without_it() {
     // index's fsmonitor extension and every next status would scan.
     let git = |args: &[&str], fsmonitor: bool| -> String {
         let mut cmd = Command::new("git");
-        cmd.current_dir(&repo)
+        // The hook is an ebb process too.
+        common::with_run_dir(&mut cmd)
+            .current_dir(&repo)
             .args(["-c", "user.name=t", "-c", "user.email=t@t"])
             .args(["-c", "core.fsmonitorHookVersion=2"]);
         if !fsmonitor {
@@ -539,9 +541,11 @@ fn a_token_older_than_the_journal_keeps_gets_everything() {
 #[test]
 fn the_hook_answers_scan_everything_when_it_cannot_know() {
     ebb::require_root!();
+    // Held before the Env: the first hooks run before it exists.
+    let _run = common::run_dir();
     let outside = tempfile::tempdir().expect("tempdir");
     let hook = |dir: &Path, token: &str| {
-        Command::new(common::EBB)
+        common::ebb_command()
             .current_dir(dir)
             .args(["fsmonitor-hook", "2", token])
             .output()
@@ -568,7 +572,7 @@ fn the_hook_answers_scan_everything_when_it_cannot_know() {
         "{:?}",
         String::from_utf8_lossy(&next.stdout)
     );
-    let wrong_version = Command::new(common::EBB)
+    let wrong_version = common::ebb_command()
         .current_dir(&env.root)
         .args(["fsmonitor-hook", "1", "0"])
         .output()

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{ebb, token, Env, KillOnDrop, Run, EBB};
+use common::{ebb, ebb_command, token, Env, KillOnDrop, Run};
 use serde_json::Value;
 
 /// `ebb serve ROOT --listen ADDR ARGS…`, running until dropped.
@@ -22,7 +22,7 @@ struct Serve {
 }
 
 fn serve_on(env: &Env, listen: &str, args: &[&OsStr]) -> Serve {
-    let mut cmd = Command::new(EBB);
+    let mut cmd = ebb_command();
     cmd.arg("serve")
         .arg(&env.root)
         .args(["--listen", listen])
@@ -74,7 +74,7 @@ struct Watching {
 
 impl Watching {
     fn start(url: &str, path: &Path, args: &[&str]) -> Watching {
-        let mut cmd = Command::new(EBB);
+        let mut cmd = ebb_command();
         cmd.args(["watch", "--remote", url])
             .arg(path)
             .arg("--json")
@@ -540,7 +540,7 @@ fn bad_requests_are_refused_in_one_line_and_the_server_stays_up() {
     std::os::unix::fs::symlink("/etc", env.path("pub/etc")).expect("symlink");
     let secret_file = env.fs.scratch().join("secret");
     std::fs::write(&secret_file, "0123456789abcdef0123\n").expect("secret");
-    let mut cmd = Command::new(EBB);
+    let mut cmd = ebb_command();
     cmd.arg("serve")
         .arg(env.path("pub"))
         .args([
@@ -621,7 +621,7 @@ fn bad_requests_are_refused_in_one_line_and_the_server_stays_up() {
     std::fs::write(env.path("secret-name"), b"x").expect("write");
     std::fs::rename(env.path("secret-name"), env.path("pub/src/in")).expect("rename");
     std::fs::rename(env.path("pub/src/in"), env.path("other-secret")).expect("rename");
-    let run = Command::new(EBB)
+    let run = ebb_command()
         .args([
             "watch",
             "--remote",
@@ -662,7 +662,7 @@ fn bad_requests_are_refused_in_one_line_and_the_server_stays_up() {
     assert!(body.contains("too many connections"), "{body}");
     drop(idle);
     std::thread::sleep(Duration::from_millis(300));
-    let ok = Command::new(EBB)
+    let ok = ebb_command()
         .args([
             "watch",
             "--remote",

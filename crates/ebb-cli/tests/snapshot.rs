@@ -380,7 +380,7 @@ fn a_snapshot_cut_by_a_daemon_crash_is_finished_by_the_next_daemon_or_removed() 
             },
             common::COMMAND_TIMEOUT,
         );
-        let cli = std::process::Command::new(common::EBB)
+        let cli = common::ebb_command()
             .args([OsStr::new("snapshot"), src.as_os_str(), dst.as_os_str()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -465,7 +465,7 @@ fn a_source_cut_short_or_replaced_during_the_snapshot_is_snapshotted_whole() {
         let dst = env.path(dst);
         let snapshotting = {
             let (src, dst) = (src.clone(), dst.clone());
-            std::thread::spawn(move || snapshot(&src, &dst, &[]))
+            common::spawn(move || snapshot(&src, &dst, &[]))
         };
         wait_for(|| partial(&dst).exists(), "the snapshot to start");
         std::thread::sleep(Duration::from_millis(100));
@@ -638,7 +638,7 @@ fn of_many_racing_trackers_exactly_one_wins() {
     write_fragmented(&f, 4 << 20, pattern).expect("write");
     let racers: Vec<std::process::Child> = (0..24)
         .map(|i| {
-            Command::new(common::EBB)
+            common::ebb_command()
                 .args([OsStr::new("track"), f.as_os_str(), OsStr::new("--owner")])
                 .arg(format!("racer-{i}"))
                 .stdout(std::process::Stdio::piped())

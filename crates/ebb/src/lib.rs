@@ -12,6 +12,7 @@ pub mod failover;
 pub mod hsm;
 pub mod journal;
 pub mod remote;
+pub mod rundir;
 pub mod snapshot;
 pub mod store;
 pub mod sys;

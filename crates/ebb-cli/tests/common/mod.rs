@@ -2,15 +2,21 @@
 //! a managed tree on it, the `ebb` binary run as a real process (with a
 //! timeout), daemons that are always stopped, and helpers to read stubs
 //! from real processes (never from the test itself).
+//!
+//! Every `ebb` process a test starts gets the test's own runtime directory
+//! (`EBB_RUN_DIR`, see [`TestRunDir`]): nothing depends on what a machine
+//! kept in `/run/ebb`, and nothing is left there.
 
 #![allow(dead_code)]
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ebb::testing::{FsKind, LoopFs};
@@ -149,13 +155,138 @@ pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> Run {
     }
 }
 
+/// A runtime directory of one test's own: `run/` in a fresh temporary
+/// directory, not made yet (ebb makes it when first needed, as on a
+/// machine just booted). When it goes, every keeper that listens in it is
+/// stopped (killed if it will not stop), and it is removed.
+pub struct TestRunDir {
+    tmp: tempfile::TempDir,
+}
+
+impl TestRunDir {
+    pub fn new() -> TestRunDir {
+        let tmp = tempfile::Builder::new()
+            .prefix("ebb-run-")
+            .tempdir()
+            .expect("making a temporary directory for EBB_RUN_DIR");
+        TestRunDir { tmp }
+    }
+
+    /// The directory `EBB_RUN_DIR` names (it may not exist yet).
+    pub fn path(&self) -> PathBuf {
+        self.tmp.path().join("run")
+    }
+
+    /// The same, as ebb sees it.
+    pub fn dir(&self) -> ebb::rundir::RunDir {
+        ebb::rundir::RunDir::at(self.path())
+    }
+
+    /// Give `cmd` this runtime directory.
+    pub fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env(ebb::rundir::ENV, self.path())
+    }
+
+    /// Stop every keeper listening in this directory: ask it, then make
+    /// sure its process is gone (a keeper that does not answer is killed).
+    pub fn stop_keepers(&self) {
+        let Ok(entries) = std::fs::read_dir(self.path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(socket) = name.strip_suffix(".lock").map(|s| self.path().join(s)) else {
+                continue;
+            };
+            if let Ok(Some(keeper)) = ebb::failover::keeper::KeeperClient::connect(&socket) {
+                let _ = keeper.stop();
+            }
+            if let Some(pid) = keeper_pid(&socket) {
+                terminate(pid, Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl Default for TestRunDir {
+    fn default() -> Self {
+        TestRunDir::new()
+    }
+}
+
+impl Drop for TestRunDir {
+    fn drop(&mut self) {
+        self.stop_keepers();
+    }
+}
+
+/// The pid in the lock of the keeper of `socket`, if that process is
+/// alive and is the keeper of that socket (not a process that got the
+/// number of a dead one).
+pub fn keeper_pid(socket: &Path) -> Option<i32> {
+    let mut lock = socket.as_os_str().to_owned();
+    lock.push(".lock");
+    let pid: i32 = std::fs::read_to_string(&lock).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let socket = socket.as_os_str().as_encoded_bytes();
+    let ours = args.contains(&b"keeper".as_slice()) && args.contains(&socket);
+    (ours && alive(pid)).then_some(pid)
+}
+
+thread_local! {
+    /// The runtime directory of the test running on this thread, for as
+    /// long as something (an [`Env`], a helper thread) holds it.
+    static RUN_DIR: RefCell<Weak<TestRunDir>> = const { RefCell::new(Weak::new()) };
+}
+
+/// The runtime directory of this thread's test: the one its `Env`s share,
+/// or a fresh one. Keep the value for as long as processes may use it.
+pub fn run_dir() -> Arc<TestRunDir> {
+    RUN_DIR.with(|current| {
+        if let Some(dir) = current.borrow().upgrade() {
+            return dir;
+        }
+        let dir = Arc::new(TestRunDir::new());
+        *current.borrow_mut() = Arc::downgrade(&dir);
+        dir
+    })
+}
+
+/// Give `cmd` the runtime directory of this thread's test. Panics when
+/// there is none (no `Env` is alive on this thread): the process would
+/// use the machine's.
+pub fn with_run_dir(cmd: &mut Command) -> &mut Command {
+    let dir = RUN_DIR
+        .with(|current| current.borrow().upgrade())
+        .expect("an ebb process started with no Env alive on this thread: make one, or start helper threads with common::spawn");
+    dir.apply(cmd)
+}
+
+/// `Command::new(EBB)` with this test's runtime directory.
+pub fn ebb_command() -> Command {
+    let mut cmd = Command::new(EBB);
+    with_run_dir(&mut cmd);
+    cmd
+}
+
+/// `std::thread::spawn` for a helper that starts `ebb` processes: they
+/// get the runtime directory of the test that spawned it.
+pub fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    let dir = run_dir();
+    std::thread::spawn(move || {
+        RUN_DIR.with(|current| *current.borrow_mut() = Arc::downgrade(&dir));
+        f()
+    })
+}
+
 /// Run the `ebb` binary.
 pub fn ebb<I, S>(args: I) -> Run
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut cmd = Command::new(EBB);
+    let mut cmd = ebb_command();
     cmd.args(args).stdin(Stdio::null()).env_remove("EBB_LOG");
     run_cmd(&mut cmd, COMMAND_TIMEOUT)
 }
@@ -374,6 +505,8 @@ pub struct Env {
     pub root: PathBuf,
     pub store: PathBuf,
     pub fs: LoopFs,
+    /// Shared by every `Env` of the test; goes after the filesystem.
+    pub run: Arc<TestRunDir>,
 }
 
 impl Env {
@@ -415,6 +548,7 @@ impl Env {
             root: fs.path().to_path_buf(),
             store: fs.scratch().join("store"),
             fs,
+            run: run_dir(),
         }
     }
 
@@ -443,6 +577,7 @@ impl Env {
         timeout: Duration,
     ) -> i32 {
         let mut cmd = Command::new(EBB);
+        self.run.apply(&mut cmd);
         cmd.arg("daemon")
             .arg(&self.root)
             .arg("--background")
@@ -591,13 +726,18 @@ impl Env {
 }
 
 impl Env {
+    /// Where the tree's keeper listens (in the test's runtime directory).
+    #[allow(dead_code)] // not every test binary needs it
+    pub fn keeper_socket(&self) -> Option<PathBuf> {
+        let config = std::fs::read_to_string(self.root.join(".ebb/config.json")).ok()?;
+        let config: Value = serde_json::from_str(&config).ok()?;
+        Some(self.run.dir().keeper_socket(config["id"].as_str()?))
+    }
+
     /// The tree's keeper client, if a keeper runs.
     #[allow(dead_code)] // not every test binary needs it
     pub fn keeper(&self) -> Option<ebb::failover::keeper::KeeperClient> {
-        let config = std::fs::read_to_string(self.root.join(".ebb/config.json")).ok()?;
-        let config: Value = serde_json::from_str(&config).ok()?;
-        let socket = ebb::failover::keeper::socket_path(config["id"].as_str()?);
-        ebb::failover::keeper::KeeperClient::connect(&socket).ok()?
+        ebb::failover::keeper::KeeperClient::connect(&self.keeper_socket()?).ok()?
     }
 }
 
@@ -606,8 +746,13 @@ impl Drop for Env {
         // Before the fields go: a daemon keeps the filesystem busy. A
         // SIGKILLed daemon leaves its keeper, which holds the group.
         self.stop_daemons();
-        if let Some(keeper) = self.keeper() {
-            let _ = keeper.stop();
+        if let Some(socket) = self.keeper_socket() {
+            if let Ok(Some(keeper)) = ebb::failover::keeper::KeeperClient::connect(&socket) {
+                let _ = keeper.stop();
+            }
+            if let Some(pid) = keeper_pid(&socket) {
+                terminate(pid, Duration::from_secs(5));
+            }
         }
     }
 }

@@ -88,6 +88,12 @@ enum Command {
     /// Runs in the foreground until SIGTERM or SIGINT, logging to stderr
     /// (EBB_LOG sets the level, e.g. EBB_LOG=debug). With --background it
     /// returns once the daemon serves, logging to ROOT/.ebb/daemon.log.
+    ///
+    /// Files that last as long as a boot (the keeper's socket, lock and
+    /// log, the record of the filesystem mark, snapshot progress) go to
+    /// /run/ebb, or to the directory EBB_RUN_DIR names; it is made (mode
+    /// 0700) when missing and must be a directory of this user, not a
+    /// symlink. Every ebb command on the tree must see the same one.
     Daemon {
         /// Root of the managed tree.
         root: PathBuf,

@@ -6,7 +6,8 @@
 //!
 //! The mark lives in the fanotify group, which outlives a daemon (the
 //! keeper holds it), so whether and since when it is in place is written
-//! beside the keeper's socket: `/run/ebb/<tree id>.marked`.
+//! beside the keeper's socket: `<tree id>.marked` in the runtime directory
+//! ([`crate::rundir`]).
 
 use std::path::{Path, PathBuf};
 
@@ -84,7 +85,7 @@ pub fn place(group: &Group, root: &Path, record: &Path) -> Result<u64> {
 }
 
 pub fn record_path(tree_id: &str) -> PathBuf {
-    Path::new(crate::failover::keeper::RUN_DIR).join(format!("{tree_id}.marked"))
+    crate::rundir::RunDir::from_env().mark_record(tree_id)
 }
 
 fn read_record(record: &Path) -> Option<u64> {

@@ -101,8 +101,7 @@ impl Snapshots {
         let keeper_start = users::start_time(keeper_pid).unwrap_or(0);
         Snapshots {
             root: tree.root().to_path_buf(),
-            records: Path::new(crate::failover::keeper::RUN_DIR)
-                .join(format!("{}.snapshots", tree.config().id)),
+            records: crate::rundir::RunDir::from_env().snapshot_records(&tree.config().id),
             keeper: format!("{keeper_pid}:{keeper_start}"),
             keeper_start,
             running: HashMap::new(),

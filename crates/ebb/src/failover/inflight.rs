@@ -105,7 +105,7 @@ impl InflightTable {
     pub fn open(mem: SharedMemory) -> Result<(InflightTable, Vec<Pending>)> {
         let b = mem.bytes();
         if b.len() < HEADER || &b[0..8] != MAGIC {
-            bail!("the kept in-flight table is not one ebb wrote (bad magic); if no reader waits, stop the tree's keeper (kill the pid in /run/ebb/<tree id>.keeper.lock) and start the daemon again");
+            bail!("the kept in-flight table is not one ebb wrote (bad magic); if no reader waits, stop the tree's keeper (kill the pid in <tree id>.keeper.lock in /run/ebb, or in $EBB_RUN_DIR if set) and start the daemon again");
         }
         let (version, slots, slot_size) = (get_u32(b, 8), get_u32(b, 12), get_u32(b, 16));
         if version != VERSION

@@ -19,8 +19,9 @@
 //!
 //! # Where
 //!
-//! The keeper of a tree listens on [`socket_path`], `/run/ebb/<tree id>.keeper`
-//! (directory `0700`, socket `0600`), and holds an exclusive `flock` on
+//! The keeper of a tree listens on [`socket_path`], `<tree id>.keeper` in
+//! ebb's runtime directory ([`crate::rundir`]: `/run/ebb` unless
+//! `EBB_RUN_DIR` says otherwise; directory `0700`, socket `0600`), and holds an exclusive `flock` on
 //! `<socket>.lock` (which also holds its pid) for its whole life, so two
 //! keepers can never serve one socket. It refuses any peer whose uid
 //! (`SO_PEERCRED`, the kernel's word) is not its own; the client refuses a
@@ -75,10 +76,9 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::rundir::RunDir;
 use crate::sys::socket::{peer_uid, recv_with_fds, send_with_fds};
 
-/// The directory of keeper sockets.
-pub const RUN_DIR: &str = "/run/ebb";
 /// Most fds a keeper holds, and most in one message.
 pub const MAX_FDS: usize = 16;
 /// How long the keeper waits for a client's request line (and to write its
@@ -95,9 +95,10 @@ const MAX_LINE: usize = 16 * 1024;
 const MAX_NAME: usize = 128;
 
 /// Where the keeper of the tree with config id `tree_id` listens:
-/// `/run/ebb/<tree_id>.keeper`.
+/// `<tree_id>.keeper` in this process's runtime directory
+/// ([`RunDir::from_env`]).
 pub fn socket_path(tree_id: &str) -> PathBuf {
-    Path::new(RUN_DIR).join(format!("{tree_id}.keeper"))
+    RunDir::from_env().keeper_socket(tree_id)
 }
 
 /// The lock file a keeper of `socket` holds for its whole life.
@@ -697,8 +698,7 @@ mod tests {
     }
 
     #[test]
-    fn socket_path_is_under_run_ebb() {
-        assert_eq!(socket_path("3f2a"), PathBuf::from("/run/ebb/3f2a.keeper"));
+    fn the_lock_is_beside_the_socket() {
         assert_eq!(
             lock_path(Path::new("/run/ebb/3f2a.keeper")),
             PathBuf::from("/run/ebb/3f2a.keeper.lock")

@@ -28,6 +28,7 @@ use super::inflight::{InflightTable, Pending};
 use super::keeper::KeeperClient;
 use crate::catalog::Catalog;
 use crate::hsm::{fill_range, NoProgress};
+use crate::rundir::RunDir;
 use crate::store::{chunks_overlapping, Store};
 use crate::sys::fanotify::{self, EventId, Group, InitOptions, Response};
 use crate::sys::fdtable;
@@ -55,13 +56,16 @@ pub struct Kept {
 
 /// Step 1: the keeper's group and table, or new ones handed to it.
 pub fn acquire(tree: &Tree, exe: &Path) -> Result<Kept> {
-    let socket = super::keeper::socket_path(&tree.config().id);
+    // Made here at the latest: /run starts empty at every boot.
+    let run = RunDir::from_env();
+    run.ensure()?;
+    let id = &tree.config().id;
+    let socket = run.keeper_socket(id);
     let keeper = match KeeperClient::connect(&socket)? {
         Some(k) => k,
-        // The keeper's log is outside the tree: an open file in it would
-        // keep the tree's filesystem from being unmounted.
-        None => KeeperClient::spawn(exe, &socket, &socket.with_extension("log"))
-            .context("starting the keeper")?,
+        None => {
+            KeeperClient::spawn(exe, &socket, &run.keeper_log(id)).context("starting the keeper")?
+        }
     };
     let mut group = None;
     let mut table = None;

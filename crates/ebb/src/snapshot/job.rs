@@ -3,10 +3,10 @@
 //!
 //! The clone goes to `DST.ebb-partial` and becomes `DST` by one rename once
 //! every unit is in and synced, so a partial snapshot is never mistaken for
-//! a complete one. Progress lives in `/run/ebb/<tree-id>.snapshots/`: a
-//! description (`KEY.json`, written once) and one byte per unit (`KEY.done`,
-//! set after the unit is cloned and before any access to it is let
-//! through). It is on tmpfs on purpose: a snapshot can only be finished by
+//! a complete one. Progress lives in `<tree-id>.snapshots/` in the runtime
+//! directory ([`crate::rundir`], `/run/ebb` by default): a description
+//! (`KEY.json`, written once) and one byte per unit (`KEY.done`, set after
+//! the unit is cloned and before any access to it is let through). It is on tmpfs on purpose: a snapshot can only be finished by
 //! the daemon that holds the same fanotify group (the same keeper); after
 //! a reboot, or if the keeper died, writes went by unseen and the partial
 //! file is removed instead.
