@@ -303,76 +303,97 @@ fn a_write_through_a_mapping_dirty_since_before_the_archive_is_not_lost() {
 }
 
 #[test]
-fn a_write_racing_the_last_fill_is_not_hidden_by_the_mtime_put_back() {
+fn a_write_racing_a_fill_is_not_hidden_by_the_mtime_put_back() {
     ebb::require_root!();
     let env = Env::new(300);
     let a = seeded_bytes(8 << 20, 70);
-    let b = seeded_bytes(4 << 20, 71);
-    let (a_path, _) = env.released_file("a.bin", &a);
-    // The writer's source: a stub, so its copy waits on fills and the
-    // write ends well after it began (and after a.bin's last fill).
-    let (b_path, _) = env.released_file("b.bin", &b);
+    let (path, _) = env.released_file("a.bin", &a);
     let starts = chunk_starts(&a);
     let last = *starts.last().expect("chunks");
-    assert!(last > 4 << 20, "the last chunk must lie past the write");
+    assert!(
+        last > (4 << 20) + 4096,
+        "the last chunk must lie past the mapping"
+    );
     env.start_daemon_with(
         |cmd| {
             cmd.env("EBB_TEST_FILL_PAUSE_MS", "300");
         },
         COMMAND_TIMEOUT,
     );
-    // Everything but the last chunk on disk (events come in whole pages:
-    // stop at the page the last chunk starts in).
-    let head_end = last / 4096 * 4096;
-    assert!(
-        head_end > starts[starts.len() - 2],
-        "the chunk before the last must end in a later page"
-    );
-    let head = python(
-        "import os, sys\n\
-         fd = os.open(sys.argv[1], os.O_RDONLY)\n\
-         n = int(sys.argv[2]); got = 0\n\
-         while got < n: got += len(os.pread(fd, min(1 << 20, n - got), got))",
-        &[a_path.as_os_str(), OsStr::new(&head_end.to_string())],
-    );
-    head.ok();
-    assert_eq!(
-        env.status(&a_path)["state"],
-        "partial",
-        "only the last chunk missing"
-    );
+    // A writer with the first 4 MiB mapped shared and writable (mapping
+    // them brings them back); its writes through the mapping raise no
+    // FAN_MODIFY, only new times at the first store to a clean page.
     let mut writer = Stepper::start(
         "import mmap, os, sys\n\
-         fd = os.open(sys.argv[1], os.O_WRONLY)\n\
-         src = os.open(sys.argv[2], os.O_RDONLY)\n\
-         m = mmap.mmap(src, 0, prot=mmap.PROT_READ)\n\
+         fd = os.open(sys.argv[1], os.O_RDWR)\n\
+         m = mmap.mmap(fd, 4 << 20)\n\
          print('ready', flush=True)\n\
          sys.stdin.readline()\n\
-         n = os.pwrite(fd, memoryview(m), 0)\n\
-         assert n == len(m), n\n\
-         os.close(fd)\n\
+         m[0:6] = b'racing'\n\
+         print('done', flush=True)\n\
+         sys.stdin.readline()\n\
+         m.close(); os.close(fd)\n\
          print('done', flush=True)\n\
          sys.stdin.readline()",
-        &[a_path.as_os_str(), b_path.as_os_str()],
+        &[path.as_os_str()],
     );
-    // The reader of the tail sets off the last fill; once it has written
-    // its chunk (and before it puts the mtime back) the writer starts.
+    // A reader sets off the fill of the last chunk; once that fill has
+    // written its chunk, and before it puts the mtime back, the writer
+    // writes.
+    let inside_last = (last / 4096 + 1) * 4096;
+    assert!(inside_last < a.len() as u64, "a page inside the last chunk");
     let reader = std::thread::spawn({
-        let a_path = a_path.clone();
+        let path = path.clone();
         move || {
             python(
                 "import os, sys\n\
                  fd = os.open(sys.argv[1], os.O_RDONLY)\n\
                  os.pread(fd, 4096, int(sys.argv[2]))",
-                &[a_path.as_os_str(), OsStr::new(&last.to_string())],
+                &[path.as_os_str(), OsStr::new(&inside_last.to_string())],
             )
         }
     });
     wait_for_log(&env, &format!("chunk at {last} written; pausing"));
     writer.step();
-    drop(writer);
     reader.join().expect("reader").ok();
+    // The mapping goes; the file is brought back whole.
+    writer.step();
+    drop(writer);
     let mut want = a.clone();
-    want[..b.len()].copy_from_slice(&b);
-    release_is_refused(&env, &a_path, &want);
+    want[0..6].copy_from_slice(b"racing");
+    assert_reads(&path, &want);
+    release_is_refused(&env, &path, &want);
+}
+
+#[test]
+fn a_fill_that_fails_for_want_of_space_leaves_the_file_unchanged_in_ebbs_eyes() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = seeded_bytes(24 << 20, 80);
+    let (path, _) = env.released_file("big.bin", &data);
+    env.start_daemon();
+    // Nothing left on the filesystem for the fill to write.
+    let hog = env.path("hog");
+    let run = sh(
+        "dd if=/dev/zero of=\"$1\" bs=1M 2>&1; sync",
+        &[hog.as_os_str()],
+    );
+    assert!(
+        run.out().contains("No space left"),
+        "the disk did not fill: {run:?}"
+    );
+    let refused = cat(&path);
+    assert!(
+        !refused.success() && refused.stderr.contains("Input/output error"),
+        "a fill with no space must fail the read with EIO: {refused:?}"
+    );
+    let status = env.status(&path);
+    assert_eq!(
+        status["modified"], false,
+        "a failed fill is not a change: {status}"
+    );
+    std::fs::remove_file(&hog).unwrap();
+    sh("sync", &[]).ok();
+    assert_reads(&path, &data);
+    assert_eq!(env.status(&path)["state"], "archived");
 }

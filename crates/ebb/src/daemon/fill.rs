@@ -164,14 +164,18 @@ impl<W: Fn()> Worker<W> {
         // Journalled, so a daemon killed between the write and the mtime's
         // return has its successor put the mtime back.
         self.journal.begin(self.index, &job.handle, mtime);
-        let found_foreign =
-            fill_chunk(&job.file, job.chunk.offset, &data, limit).context("writing the chunk")?;
-        // Durable before the loop records it resident: after a power cut
-        // the catalog must never say resident over a hole.
-        job.file.sync_data().context("syncing the filled chunk")?;
+        let written = fill_chunk(&job.file, job.chunk.offset, &data, limit);
         pause_for_tests(job.chunk.offset);
+        // Whatever the write did: one cut short (ENOSPC, EIO) moved the
+        // mtime all the same, and must not leave the file looking changed.
         set_mtime(job.file.as_fd(), mtime).context("restoring the mtime after filling")?;
         self.journal.end(self.index);
+        drop(_turn);
+        let found_foreign = written.context("writing the chunk")?;
+        // Durable before the loop records it resident: after a power cut
+        // the catalog must never say resident over a hole. (After the
+        // turn: the loop takes it to stat the file between fills.)
+        job.file.sync_data().context("syncing the filled chunk")?;
         crate::failover::crash_point("after-fill");
         Ok((data.len() as u64, found_foreign))
     }

@@ -53,6 +53,11 @@ impl FsMark {
         Ok(since)
     }
 
+    /// Whether the mark is in place.
+    pub fn is_placed(&self) -> bool {
+        self.since.is_some()
+    }
+
     /// Take the mark away (a clean stop): no new events from here on.
     pub fn lift(&mut self, group: &Group) {
         if self.since.take().is_none() {

@@ -264,6 +264,15 @@ pub fn silence_own_files(group: &Group, tree: &Tree, mask: u64) -> Result<()> {
         if !entry.file_type()?.is_file() {
             continue;
         }
+        if entry.file_name() == populate::COOKIE {
+            // Its close must be heard (see `Populator::forget`); an ignore
+            // mark a daemon of before put on it goes.
+            let cookie = File::open(entry.path())?;
+            group
+                .remove_ignore(cookie.as_fd(), mask)
+                .with_context(|| format!("hearing {}", entry.path().display()))?;
+            continue;
+        }
         group
             .add_ignore_path(&entry.path(), mask, false)
             .with_context(|| format!("silencing {}", entry.path().display()))?;

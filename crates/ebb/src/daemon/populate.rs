@@ -36,8 +36,17 @@ use crate::sys::handle::{handle_of, FileHandle};
 
 /// `FAN_MODIFY`: a write happened (notification).
 pub const FAN_MODIFY: u64 = libc::FAN_MODIFY;
+/// `FAN_CLOSE_WRITE`: the last reference to a file opened for writing
+/// went (a `close`, or the `munmap` of a mapping that outlived its fd).
+pub const FAN_CLOSE_WRITE: u64 = libc::FAN_CLOSE_WRITE;
 /// What the daemon marks on the filesystem, and what ignore marks silence.
-pub const WATCHED: u64 = FAN_PRE_ACCESS | FAN_MODIFY;
+pub const WATCHED: u64 = FAN_PRE_ACCESS | FAN_MODIFY | FAN_CLOSE_WRITE;
+/// What a catalogued file that counts as unmodified is silenced for, and
+/// only until its next write: neither that write's `FAN_MODIFY` nor the
+/// `FAN_CLOSE_WRITE` of anything that could have written it (a write
+/// through a shared mapping raises nothing else, and a fill may have put
+/// its mtime back) is silenced.
+const SILENCED_UNTIL_WRITTEN: u64 = FAN_PRE_ACCESS | FAN_MODIFY;
 
 /// Chunks read ahead of a sequential reader (at most 1 MiB each).
 pub const READ_AHEAD_CHUNKS: usize = 8;
@@ -76,6 +85,16 @@ pub struct Stats {
     pub unreadable_events: u64,
 }
 
+/// Device and inode of a file.
+fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// Name, in the tree's state directory, of the file whose close tells the
+/// daemon it has read every event queued before (see `drain_events`).
+pub const COOKIE: &str = "events.cookie";
+
 /// A writable fd of the stub `handle` that raises no events, opened
 /// through the tree's own mount (see `open_by_handle_nonotify`).
 fn open_for_filling(root: &std::path::Path, handle: &FileHandle) -> Result<File> {
@@ -110,7 +129,7 @@ impl Lookup {
 /// How long an ignore mark silences a file.
 #[derive(Clone, Copy)]
 enum Silence {
-    /// Until the file is written: the write's `FAN_MODIFY` comes through.
+    /// Until the file is written ([`SILENCED_UNTIL_WRITTEN`]).
     UntilWritten,
     /// For as long as the mark lives.
     ForGood,
@@ -155,6 +174,8 @@ pub struct Populator {
     group: Group,
     /// The tree's root: fills open their files by handle through it.
     root: PathBuf,
+    /// [`COOKIE`] in the tree's state directory.
+    cookie: PathBuf,
     /// The filesystem mark: placed once there is something to serve.
     mark: FsMark,
     /// Every permission event read and not answered, in shared memory the
@@ -190,6 +211,7 @@ impl Populator {
     ) -> Populator {
         Populator {
             group,
+            cookie: root.join(crate::tree::STATE_DIR).join(COOKIE),
             root,
             mark,
             table,
@@ -244,7 +266,7 @@ impl Populator {
         let file = File::from(fd);
         if event.mask & FAN_PRE_ACCESS != 0 {
             self.on_access(file, event.pid, event.range);
-        } else if event.mask & FAN_MODIFY != 0 {
+        } else if event.mask & (FAN_MODIFY | FAN_CLOSE_WRITE) != 0 && event.pid != self.own_pid {
             self.on_modify(&file);
         }
     }
@@ -263,8 +285,7 @@ impl Populator {
 
     /// Silence `file`: it needs no service. A file the catalog holds
     /// unmodified is silenced only until it is next written
-    /// ([`Silence::UntilWritten`]): that write's `FAN_MODIFY` still comes,
-    /// and marks it modified even if a fill put its mtime back meanwhile.
+    /// ([`SILENCED_UNTIL_WRITTEN`]).
     fn ignore(&mut self, file: &File, silence: Silence) {
         // A snapshot's source must keep raising events (a FAN_MODIFY
         // after an allowed write would otherwise silence it).
@@ -277,7 +298,7 @@ impl Populator {
             Silence::ForGood => self.group.add_ignore(file.as_fd(), WATCHED, true),
             Silence::UntilWritten => {
                 self.group
-                    .add_ignore_until_modified(file.as_fd(), WATCHED, true)
+                    .add_ignore_until_modified(file.as_fd(), SILENCED_UNTIL_WRITTEN, true)
             }
         };
         match added {
@@ -462,6 +483,8 @@ impl Populator {
         entry.read_ahead_to = entry.read_ahead_to.max(to);
     }
 
+    /// A write, or the close of something that could write: a stub or a
+    /// catalogued file counts as modified from now on.
     fn on_modify(&mut self, file: &File) {
         match self.lookup(file) {
             Ok(Lookup::Stub(stub)) => self.note_modified(stub, None),
@@ -706,7 +729,8 @@ impl Populator {
     /// looks at the file), drop any ignore mark on it and anything cached,
     /// so its next access is served from the store.
     pub fn forget(&mut self, file: &File) -> Result<()> {
-        self.drain_events();
+        self.drain_events()
+            .context("taking in the events queued before the release")?;
         let (handle, _) = handle_of(file.as_fd())?;
         if self.snapshots.is_source(&handle) {
             anyhow::bail!("a snapshot of it is being taken; release it once the snapshot is done");
@@ -742,16 +766,52 @@ impl Populator {
 
     /// Read and handle every event queued now (as far as the in-flight
     /// table has room).
-    fn drain_events(&mut self) {
+    fn drain_events(&mut self) -> Result<()> {
+        if !self.mark.is_placed() {
+            return Ok(()); // nothing was marked: nothing is queued
+        }
+        // A cookie: opening the file for writing and closing it queues a
+        // FAN_CLOSE_WRITE behind everything queued so far (at close(2),
+        // before it returns).
+        let cookie = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.cookie)
+            .with_context(|| format!("writing the cookie {}", self.cookie.display()))?;
+        let cookie_id = file_id(&cookie.metadata()?);
+        drop(cookie);
         loop {
-            match self.read_events() {
-                Ok(events) if events.is_empty() => return,
-                Ok(events) => {
-                    for event in events {
-                        self.on_event(event);
-                    }
+            let events = match self.read_events() {
+                Ok(events) => events,
+                Err(e) => {
+                    self.on_unreadable_event(&e);
+                    continue;
                 }
-                Err(e) => self.on_unreadable_event(&e),
+            };
+            if events.is_empty() {
+                anyhow::bail!(
+                    "the cookie's event did not come (the in-flight table is full?); try again"
+                );
+            }
+            let mut seen = false;
+            for event in events {
+                let is_cookie = event.mask & FAN_CLOSE_WRITE != 0
+                    && event.pid == self.own_pid
+                    && event
+                        .file
+                        .as_ref()
+                        .and_then(|fd| fd.try_clone().ok())
+                        .and_then(|fd| File::from(fd).metadata().ok())
+                        .is_some_and(|m| file_id(&m) == cookie_id);
+                if is_cookie {
+                    seen = true;
+                } else {
+                    self.on_event(event);
+                }
+            }
+            if seen {
+                return Ok(());
             }
         }
     }

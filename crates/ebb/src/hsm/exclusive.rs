@@ -37,15 +37,20 @@ pub enum ExclusiveError {
 }
 
 impl Exclusive {
-    /// Take `path` for exclusive use.
-    pub fn acquire(path: &Path) -> Result<Exclusive, ExclusiveError> {
-        let plain = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .with_context(|| format!("opening {} for writing", path.display()))?;
+    /// Take `path` for exclusive use. `settle` runs once new opens are
+    /// held and the lease has shown that nobody has the file open, but
+    /// while no lease is on it: a daemon told to take in the events queued
+    /// for the file opens their fds (an open that would wait for a lease to
+    /// break), and nobody is left to make it open the file to fill it.
+    pub fn acquire(
+        path: &Path,
+        settle: impl FnOnce(&File) -> Result<()>,
+    ) -> Result<Exclusive, ExclusiveError> {
+        // Read-only: closing it raises no FAN_CLOSE_WRITE for a daemon to
+        // take as somebody's write.
+        let plain = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let quiet = fanotify::reopen_nonotify(plain.as_fd(), libc::O_RDWR)
-            .context("opening a non-notifying fd")?;
+            .with_context(|| format!("opening {} for writing", path.display()))?;
         drop(plain);
         let file = File::from(quiet);
         let guard = Group::new(InitOptions {
@@ -60,21 +65,38 @@ impl Exclusive {
             .mark_inode(file.as_fd(), FAN_OPEN_PERM)
             .context("holding new opens (FAN_OPEN_PERM)")?;
         ignore_sigio().context("ignoring SIGIO")?;
-        match set_lease(file.as_fd(), Lease::Write) {
-            Ok(()) => Ok(Exclusive {
-                file,
-                _guard: guard,
-            }),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(ExclusiveError::Busy {
-                path: path.display().to_string(),
-            }),
-            Err(e) => Err(anyhow::Error::new(e).context("taking a write lease").into()),
+        let busy = || ExclusiveError::Busy {
+            path: path.display().to_string(),
+        };
+        if !take_lease(&file)? {
+            return Err(busy());
         }
+        set_lease(file.as_fd(), Lease::Unlock).context("giving the lease back for a moment")?;
+        settle(&file)?;
+        // Nobody could open it meanwhile (the guard holds them), so this
+        // fails only if something that settling opened is still open.
+        if !take_lease(&file)? {
+            return Err(busy());
+        }
+        Ok(Exclusive {
+            file,
+            _guard: guard,
+        })
     }
 
     /// The file, opened read-write; I/O through it raises no events.
     pub fn file(&self) -> &File {
         &self.file
+    }
+}
+
+/// A write lease on `file`: `false` when another fd of it is open
+/// anywhere.
+fn take_lease(file: &File) -> Result<bool> {
+    match set_lease(file.as_fd(), Lease::Write) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context("taking a write lease")),
     }
 }
 

@@ -39,16 +39,19 @@ pub fn release(
     path: &Path,
 ) -> Result<ReleaseOutcome> {
     let path = managed_path(tree, path)?;
-    let held = Exclusive::acquire(&path).map_err(|e| match e {
+    // A running daemon takes in the events queued so far (a write it was
+    // told of is recorded before this looks), and drops any ignore mark it
+    // put on the file while it was resident, which must go before the file
+    // becomes a stub.
+    let forget = |file: &std::fs::File| {
+        control::forget(tree, file).context("telling the daemon the file is being released")
+    };
+    let held = Exclusive::acquire(&path, forget).map_err(|e| match e {
         ExclusiveError::Busy { .. } => anyhow::Error::new(e),
         ExclusiveError::Other(e) => e.context(format!("preparing to release {}", path.display())),
     })?;
     let file = held.file();
     let identity = identity_of(file)?;
-    // First: a running daemon takes in the writes it was told of, and may
-    // carry an ignore mark on this file from when it was resident, which
-    // must go before the file becomes a stub.
-    control::forget(tree, file).context("telling the daemon the file is being released")?;
     let Some(rec) = catalog.file_by_handle(&identity.handle)? else {
         bail!(
             "{} is not archived; run `ebb archive` on it first (nothing changed)",

@@ -136,7 +136,7 @@ fn fill_exclusively(
     path: &Path,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let held = Exclusive::acquire(path).map_err(|e| match e {
+    let held = Exclusive::acquire(path, |_| Ok(())).map_err(|e| match e {
         ExclusiveError::Busy { .. } => anyhow::anyhow!(
             "{e}; or start `ebb daemon` for the tree, which restores files that are in use"
         ),

@@ -722,24 +722,50 @@ fn fid_at(kind: u8, rec: &[u8]) -> Option<Fid<'_>> {
 ///
 /// ebb writes released content through such fds, so its own writes neither
 /// wait on its own daemon nor look like user changes. The fd comes from a
-/// private notification group that watches `FAN_OPEN` on the inode while we
-/// open it once more through `/proc/self/fd`.
+/// notification group of this process's, one per set of `flags`, that
+/// watches `FAN_OPEN` on the inode while we open it once more through
+/// `/proc/self/fd`.
+///
+/// The group lives as long as the process: closing a group waits until
+/// every permission event that was raised while one of its marks was on
+/// the file has been answered (the kernel pins those marks), and the
+/// daemon answers its events on the very thread that reopens files.
 pub fn reopen_nonotify(file: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<OwnedFd> {
-    let group = Group::new(InitOptions {
-        class: Class::Notif,
-        nonblock: true,
-        unlimited_queue: false,
-        event_open_flags: flags | libc::O_LARGEFILE,
-        report: 0,
-    })?;
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+    static REOPENERS: OnceLock<Mutex<HashMap<libc::c_int, Group>>> = OnceLock::new();
+    let mut reopeners = REOPENERS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let group = match reopeners.entry(flags) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => e.insert(Group::new(InitOptions {
+            class: Class::Notif,
+            nonblock: true,
+            unlimited_queue: false,
+            event_open_flags: flags | libc::O_LARGEFILE,
+            report: 0,
+        })?),
+    };
     group.mark_inode(file, FAN_OPEN)?;
+    let reopened = open_through_event(group, file);
+    if let Err(e) = group.mark_raw(libc::FAN_MARK_REMOVE, FAN_OPEN, file.as_raw_fd(), None) {
+        tracing::warn!("removing a reopen mark: {e}");
+    }
+    reopened
+}
+
+/// Open `file` through `/proc/self/fd` and take, from the events `group`
+/// queued, an fd of the same inode. Our open's event is queued by the time
+/// `open(2)` returns; one of a concurrent opener of the same inode serves
+/// as well. Events of other inodes (left by earlier reopens) are dropped,
+/// and so is one whose fd the kernel could not open (its read fails).
+fn open_through_event(group: &Group, file: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::File::from(file.try_clone_to_owned()?).metadata()?;
     let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
     drop(std::fs::File::open(proc_path)?);
-    // Our open's event is queued by now (FAN_OPEN is raised inside
-    // open(2)). Any FAN_OPEN event on this inode, ours or a concurrent
-    // opener's, carries an fd of the same file: take the first. One whose
-    // fd the kernel could not open (a concurrent opener through a
-    // read-only mount, say) fails its read and is skipped.
     let mut buf = EventBuffer::new(4096);
     let mut failed = None;
     loop {
@@ -750,8 +776,11 @@ pub fn reopen_nonotify(file: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<O
                 }))
             }
             Ok(events) => {
-                if let Some(fd) = events.into_iter().find_map(|e| e.file) {
-                    return Ok(fd);
+                for fd in events.into_iter().filter_map(|e| e.file) {
+                    let meta = std::fs::File::from(fd.try_clone()?).metadata()?;
+                    if (meta.dev(), meta.ino()) == (want.dev(), want.ino()) {
+                        return Ok(fd);
+                    }
                 }
             }
             Err(e) => failed = Some(e),
