@@ -316,7 +316,7 @@ fn a_write_racing_a_fill_is_not_hidden_by_the_mtime_put_back() {
     );
     env.start_daemon_with(
         |cmd| {
-            cmd.env("EBB_TEST_FILL_PAUSE_MS", "300");
+            cmd.env("EBB_TEST_PAUSE", "fill-written:300");
         },
         COMMAND_TIMEOUT,
     );
@@ -353,7 +353,10 @@ fn a_write_racing_a_fill_is_not_hidden_by_the_mtime_put_back() {
             )
         }
     });
-    wait_for_log(&env, &format!("chunk at {last} written; pausing"));
+    wait_for_log(
+        &env,
+        &format!("fill-written: chunk at {last} written; pausing"),
+    );
     writer.step();
     reader.join().expect("reader").ok();
     // The mapping goes; the file is brought back whole.

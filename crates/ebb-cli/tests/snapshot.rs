@@ -119,51 +119,71 @@ fn mark_at_start(env: &Env) {
     std::fs::write(&path, config.to_string()).expect("config");
 }
 
-/// A process holding `path` open for writing (and doing nothing else).
+/// A process holding `path` open for writing (and doing nothing else),
+/// once it has the file open.
 fn hold_open_for_writing(path: &Path) -> common::KillOnDrop {
-    common::KillOnDrop::spawn(
+    let holder = common::KillOnDrop::spawn(
         Command::new("sh")
             .arg("-c")
             .arg("exec 3<>\"$1\"; exec sleep 60")
             .arg("sh")
             .arg(path),
-    )
+    );
+    let pid = holder.0.id();
+    wait_for(
+        || std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep"),
+        "the writer to hold the file open",
+    );
+    holder
 }
 
-/// A tree with nothing archived or tracked is not watched until its first
-/// snapshot: a writer that opened the file before then cannot be seen, and
-/// is refused with the way out; once tracked (or with `mark_at_start`), the
-/// daemon watches from its start.
+/// Wait until the clock has passed the tick since which the daemon
+/// watches (the runtime directory's `<tree id>.marked`): a process started
+/// in that very tick may have opened files before the watch began.
+fn wait_past_the_watch(env: &Env) {
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(env.path(".ebb/config.json")).expect("config"),
+    )
+    .expect("json");
+    let socket = env.keeper_socket().expect("a keeper socket");
+    let record = socket.with_file_name(format!("{}.marked", config["id"].as_str().expect("id")));
+    // No record: nothing watches yet; then only "now" can be waited past.
+    let since: u64 = std::fs::read_to_string(&record)
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| ebb::snapshot::users::now_ticks().expect("clock"));
+    wait_for(
+        || ebb::snapshot::users::now_ticks().is_ok_and(|now| now > since),
+        "the tick after the watch began",
+    );
+}
+
+/// The filesystem is watched from the daemon's start (armed), whether or
+/// not the tree has archived or tracked anything: a writer that opened the
+/// file after the daemon started is held back, and a snapshot is taken;
+/// one that opened it before any daemon ran is refused with the way out.
 #[test]
-fn a_writer_older_than_the_mark_is_refused_with_the_way_out() {
+fn a_writer_older_than_the_daemon_is_refused_a_younger_one_is_held() {
     ebb::require_root!();
     let env = Env::new(300);
-    env.start_daemon();
     let src = env.path("vm.img");
     std::fs::write(&src, vec![7u8; 1 << 20]).expect("write");
-    let mut writer = hold_open_for_writing(&src);
-    std::thread::sleep(Duration::from_millis(200));
-    let run = snapshot(&src, &env.path("vm.img@1"), &[]).fails();
-    assert!(run.stderr.contains("mark_at_start"), "{}", run.stderr);
-    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
-    // Tracked: a restarted daemon watches from its start; a writer started
-    // after it is seen.
-    let _ = writer.0.kill();
-    ebb([
-        OsStr::new("track"),
-        src.as_os_str(),
-        OsStr::new("--owner"),
-        OsStr::new("backup"),
-    ])
-    .ok();
-    assert!(env.stop_daemons());
+    let mut older = hold_open_for_writing(&src);
     env.start_daemon();
-    // Past the clock tick (10 ms) the mark went in: a process started in
-    // that tick may predate it, and is refused.
-    std::thread::sleep(Duration::from_millis(30));
-    let _writer = hold_open_for_writing(&src);
-    std::thread::sleep(Duration::from_millis(200));
+    // Nothing archived, nothing tracked, no snapshot asked for yet: a
+    // writer that opens the file now is seen all the same.
+    wait_past_the_watch(&env);
+    let _younger = hold_open_for_writing(&src);
+    let run = snapshot(&src, &env.path("vm.img@1"), &[]).fails();
+    assert!(run.stderr.contains("reopen the file"), "{}", run.stderr);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    let _ = older.0.kill();
+    let _ = older.0.wait();
     snapshot(&src, &env.path("vm.img@2"), &[]).ok();
+    assert_eq!(
+        std::fs::read(env.path("vm.img@2")).expect("the snapshot"),
+        vec![7u8; 1 << 20]
+    );
 }
 
 fn kill9(pid: i32) {

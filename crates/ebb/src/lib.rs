@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod cli;
 pub mod daemon;
 pub mod failover;
+pub mod hooks;
 pub mod hsm;
 pub mod journal;
 pub mod remote;

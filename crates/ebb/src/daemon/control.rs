@@ -242,11 +242,7 @@ fn forget_in_kept_group(tree: &Tree, file: &File) -> Result<()> {
             let group = crate::sys::fanotify::Group::from_owned(fd);
             // The next daemon serves the stub from the kept group: it must
             // be marked (a tree with nothing archived may not be yet).
-            super::mark::place(
-                &group,
-                tree.root(),
-                &super::mark::record_path(&tree.config().id),
-            )?;
+            super::mark::place_in_kept_group(&group, tree)?;
             group
                 .remove_ignore(file.as_fd(), super::WATCHED)
                 .context("removing the ignore mark in the kept group")?;

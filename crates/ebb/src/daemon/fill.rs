@@ -165,7 +165,10 @@ impl<W: Fn()> Worker<W> {
         // return has its successor put the mtime back.
         self.journal.begin(self.index, &job.handle, mtime);
         let written = fill_chunk(&job.file, job.chunk.offset, &data, limit);
-        pause_for_tests(job.chunk.offset);
+        crate::hooks::pause_point(
+            "fill-written",
+            format_args!("chunk at {} written", job.chunk.offset),
+        );
         // Whatever the write did: one cut short (ENOSPC, EIO) moved the
         // mtime all the same, and must not leave the file looking changed.
         set_mtime(job.file.as_fd(), mtime).context("restoring the mtime after filling")?;
@@ -178,22 +181,6 @@ impl<W: Fn()> Worker<W> {
         job.file.sync_data().context("syncing the filled chunk")?;
         crate::failover::crash_point("after-fill");
         Ok((data.len() as u64, found_foreign))
-    }
-}
-
-/// `EBB_TEST_FILL_PAUSE_MS=N`: every fill waits N ms between writing its
-/// chunk and putting the mtime back, and says so in the log first, so a
-/// test can land a write of its own in that window every time.
-fn pause_for_tests(offset: u64) {
-    use std::sync::OnceLock;
-    static PAUSE: OnceLock<Option<std::time::Duration>> = OnceLock::new();
-    let pause = PAUSE.get_or_init(|| {
-        let ms = std::env::var("EBB_TEST_FILL_PAUSE_MS").ok()?.parse().ok()?;
-        Some(std::time::Duration::from_millis(ms))
-    });
-    if let Some(pause) = pause {
-        tracing::info!("EBB_TEST_FILL_PAUSE_MS: chunk at {offset} written; pausing");
-        std::thread::sleep(*pause);
     }
 }
 

@@ -100,6 +100,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     // for answers, and the daemon must not wait on its own reads. Again
     // after, for files the catalog creates now (a first start).
     silence_own_files(&group, tree, WATCHED)?;
+    silence_own_program(&group);
     let mut catalog = tree.catalog()?;
     let archived = catalog.count_files()?;
     // Its marker too, should the store share the tree's filesystem.
@@ -115,7 +116,10 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     // Archived files may be released, tracked ones snapshotted: serve from
     // the start. A tree with neither is marked when it releases a file or
     // takes a snapshot (see `mark`).
-    let mut fs_mark = mark::FsMark::recall(tree, fresh);
+    // Every file opened from here on can be intercepted; files that may
+    // need it (archived ones to release, tracked ones to snapshot) raise
+    // events from the start.
+    let mut fs_mark = mark::FsMark::arm(&group, tree, fresh)?;
     if tree.config().mark_at_start || archived > 0 || catalog.count_tracked()? > 0 {
         fs_mark.place(&group)?;
     }
@@ -278,6 +282,38 @@ pub fn silence_own_files(group: &Group, tree: &Tree, mask: u64) -> Result<()> {
             .with_context(|| format!("silencing {}", entry.path().display()))?;
     }
     Ok(())
+}
+
+/// Put non-evictable ignore marks on ebb's own executable and every file
+/// this process has mapped (its libraries): on a tree that holds them (a
+/// tree at `/`), the next `ebb` command, the keeper, and a daemon started
+/// while only the keeper holds the group would otherwise wait on events
+/// nobody answers. Best effort: a file that cannot be marked is logged.
+pub fn silence_own_program(group: &Group) {
+    let mut paths = vec![std::path::PathBuf::from("/proc/self/exe")];
+    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
+        let mapped = maps
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .filter(|p| p.starts_with('/'))
+            .map(std::path::PathBuf::from);
+        paths.extend(mapped);
+    }
+    paths.sort();
+    paths.dedup();
+    for path in paths {
+        // The exe link is followed to the binary; library paths are real.
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!("not silencing {}: {e}", path.display());
+                continue;
+            }
+        };
+        if let Err(e) = group.add_ignore(file.as_fd(), WATCHED, false) {
+            tracing::warn!("silencing {}: {e}", path.display());
+        }
+    }
 }
 
 /// What the loop hears from its threads.

@@ -72,6 +72,7 @@ impl Exclusive {
             return Err(busy());
         }
         set_lease(file.as_fd(), Lease::Unlock).context("giving the lease back for a moment")?;
+        crate::hooks::pause_point("release-guarded", path.display());
         settle(&file)?;
         // Nobody could open it meanwhile (the guard holds them), so this
         // fails only if something that settling opened is still open.

@@ -139,7 +139,7 @@ fn refuse_unseen_writers(
     }
     if let Some(p) = users::old_writers(dev, ino, keeper_start).first() {
         bail!(
-            "{p} has had {} open for writing since before ebb watched its filesystem: its writes cannot be held back; reopen the file in it (or restart it) and retry (with \"mark_at_start\": true in {}/.ebb/config.json, or once the file is tracked, the daemon watches from its start)",
+            "{p} has had {} open for writing since before ebb's daemon watched {}: its writes cannot be held back; reopen the file in it (or restart it) and retry (every file opened after the daemon started is watched)",
             src.display(),
             root.display()
         );

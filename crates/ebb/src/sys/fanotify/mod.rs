@@ -267,6 +267,41 @@ impl Group {
         )
     }
 
+    /// Arm the filesystem of `path` at no measurable cost: an ignore-only
+    /// filesystem mark for `mask` (`FAN_MARK_IGNORE`, surviving writes)
+    /// raises no event, but every file opened from now on is opened so that
+    /// a real mark for `mask` added later covers it (whether a file raises
+    /// pre-content events is decided when it is opened).
+    pub fn arm_filesystem(&self, path: &Path, mask: u64) -> io::Result<()> {
+        self.mark_raw(
+            libc::FAN_MARK_ADD
+                | libc::FAN_MARK_FILESYSTEM
+                | libc::FAN_MARK_IGNORE
+                | libc::FAN_MARK_IGNORED_SURV_MODIFY,
+            mask,
+            libc::AT_FDCWD,
+            Some(path),
+        )
+    }
+
+    /// Remove the ignore mask [`Group::arm_filesystem`] added.
+    pub fn disarm_filesystem(&self, path: &Path, mask: u64) -> io::Result<()> {
+        self.mark_raw(
+            libc::FAN_MARK_REMOVE | libc::FAN_MARK_FILESYSTEM | libc::FAN_MARK_IGNORE,
+            mask,
+            libc::AT_FDCWD,
+            Some(path),
+        )
+    }
+
+    /// The filesystem marks of this group as the kernel lists them in
+    /// `/proc/self/fdinfo/<group fd>`: a mark the kernel dropped (its
+    /// filesystem was unmounted) is not there, and no event says so.
+    pub fn filesystem_marks(&self) -> io::Result<Vec<SbMark>> {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.fd.as_raw_fd()))?;
+        Ok(info.lines().filter_map(SbMark::parse).collect())
+    }
+
     /// Remove `mask` from the filesystem mark on `path`'s filesystem.
     pub fn unmark_filesystem(&self, path: &Path, mask: u64) -> io::Result<()> {
         self.mark_raw(
@@ -424,6 +459,38 @@ impl Group {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+/// A filesystem mark as `/proc/self/fdinfo` lists it:
+/// `fanotify sdev:<s_dev> mflags:<flags> mask:<mask> ignored_mask:<mask>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SbMark {
+    /// The superblock's device (the kernel's `dev_t`: major << 20 | minor).
+    pub sdev: u64,
+    pub mask: u64,
+    pub ignored_mask: u64,
+}
+
+impl SbMark {
+    fn parse(line: &str) -> Option<SbMark> {
+        let rest = line.strip_prefix("fanotify sdev:")?;
+        let mut fields = rest.split_whitespace();
+        let hex = |v: Option<&str>, key: &str| u64::from_str_radix(v?.strip_prefix(key)?, 16).ok();
+        let sdev = u64::from_str_radix(fields.next()?, 16).ok()?;
+        let _flags = fields.next()?;
+        Some(SbMark {
+            sdev,
+            mask: hex(fields.next(), "mask:")?,
+            ignored_mask: hex(fields.next(), "ignored_mask:")?,
+        })
+    }
+
+    /// Whether this is the mark of the filesystem `st_dev` (as `stat`
+    /// gives it) names.
+    pub fn is_of(&self, st_dev: u64) -> bool {
+        let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
+        self.sdev == (u64::from(major) << 20 | u64::from(minor))
     }
 }
 

@@ -4,7 +4,7 @@
 use super::*;
 use crate::testing::LoopFs;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::time::{Duration, Instant};
 
 /// Wait up to `timeout` for at least one event.
@@ -422,4 +422,88 @@ fn events_read_in_place_are_the_events_parsed() {
         (1, &[1u8, 2, 3, 4][..], Some(&b"a"[..]))
     );
     assert!(first.fid(INFO_FID).is_none());
+}
+
+#[test]
+fn fdinfo_lines_of_filesystem_marks_parse() {
+    let m =
+        SbMark::parse("fanotify sdev:700009 mflags:0 mask:100002 ignored_mask:0").expect("parses");
+    assert_eq!((m.sdev, m.mask, m.ignored_mask), (0x700009, 0x100002, 0));
+    assert!(m.is_of(libc::makedev(7, 9)));
+    assert!(!m.is_of(libc::makedev(7, 10)));
+    for bad in [
+        "fanotify ino:83 sdev:700009 mflags:0 mask:2 ignored_mask:0 fhandle-bytes:8",
+        "fanotify sdev:zz mflags:0 mask:2 ignored_mask:0",
+        "fanotify sdev:700009 mflags:0 mask:2",
+        "pos:\t0",
+    ] {
+        assert_eq!(SbMark::parse(bad), None, "{bad}");
+    }
+}
+
+/// An armed filesystem (an ignore-only mark) raises nothing, lists its
+/// mark in fdinfo, and a real mark added later covers a file opened while
+/// it was only armed. After an unmount the kernel drops the mark: fdinfo no
+/// longer lists it.
+#[test]
+fn arming_then_marking_covers_files_opened_in_between_and_unmount_drops_it() {
+    crate::require_root!();
+    let (fs, group) = fixture();
+    let path = fs.path().join("early");
+    std::fs::write(&path, b"early").expect("create");
+    group
+        .arm_filesystem(fs.path(), FAN_PRE_ACCESS)
+        .expect("arm");
+    let st_dev = std::fs::metadata(fs.path()).expect("stat").dev();
+    let marks = group.filesystem_marks().expect("fdinfo");
+    assert!(
+        marks
+            .iter()
+            .any(|m| m.is_of(st_dev) && m.ignored_mask & FAN_PRE_ACCESS != 0),
+        "{marks:?}"
+    );
+    let mut early = std::fs::File::open(&path).expect("opened while armed");
+    let mut buf = EventBuffer::default();
+    let mut s = String::new();
+    early.read_to_string(&mut s).expect("read while armed");
+    assert!(next_events(&group, &mut buf, Duration::from_millis(100)).is_empty());
+    group
+        .mark_filesystem(fs.path(), FAN_PRE_ACCESS)
+        .expect("mark");
+    group
+        .disarm_filesystem(fs.path(), FAN_PRE_ACCESS)
+        .expect("disarm");
+    early.seek(SeekFrom::Start(0)).expect("seek");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        early.read_to_string(&mut s).map(|_| s)
+    });
+    let first = next_events(&group, &mut buf, Duration::from_secs(10));
+    assert!(
+        !first.is_empty(),
+        "the early fd raises an event once marked"
+    );
+    let mut pending = first;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() {
+        assert!(Instant::now() < deadline, "the reader never finished");
+        for ev in pending.drain(..) {
+            group
+                .respond(ev.id().expect("id"), Response::Allow)
+                .expect("allow");
+        }
+        pending = group.read_events(&mut buf).expect("read");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(reader.join().expect("join").expect("read"), "early");
+
+    fs.remount().expect("unmount and mount again");
+    assert!(
+        !group
+            .filesystem_marks()
+            .expect("fdinfo")
+            .iter()
+            .any(|m| m.is_of(st_dev)),
+        "the mark of an unmounted filesystem is gone"
+    );
 }
