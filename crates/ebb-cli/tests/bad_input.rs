@@ -146,6 +146,7 @@ fn recursive_over_a_directory_tree() {
     // One file not archived: it fails, the others are released.
     let late = env.root.join("a/b/late.bin");
     write_file(&late, &random_bytes(5000));
+    env.start_daemon();
     let run = ebb([os("release"), os("-r"), os("--json"), env.root.as_os_str()]).fails();
     let lines = run.json();
     assert_eq!(lines.len(), files.len() + 1, "{lines:?}");
@@ -173,8 +174,7 @@ fn recursive_over_a_directory_tree() {
     let human = ebb([os("status"), os("-r"), env.root.as_os_str()]).ok();
     assert_eq!(human.out().lines().count(), files.len(), "{}", human.out());
 
-    // Read back through a daemon, then restore -r has nothing left to do.
-    env.start_daemon();
+    // Read back through the daemon, then restore -r has nothing left to do.
     for (rel, data) in files.iter().zip(&contents) {
         assert_reads(&env.root.join(rel), data);
     }

@@ -198,7 +198,9 @@ fn a_daemon_serves_with_a_runtime_directory_that_does_not_exist_yet() {
     let env = Env::new(300);
     let run = env.run.path();
     let data = random_bytes(3 * MIB + 5);
-    let (path, _) = env.released_file("after-boot.bin", &data);
+    let path = env.path("after-boot.bin");
+    write_file(&path, &data);
+    env.archive(&path);
     assert!(
         !run.exists() && run.parent().is_some_and(Path::is_dir),
         "the runtime directory {} should not exist yet, its parent should",
@@ -206,6 +208,7 @@ fn a_daemon_serves_with_a_runtime_directory_that_does_not_exist_yet() {
     );
 
     env.start_daemon();
+    assert_eq!(env.release(&path)["result"], "released");
     let meta = std::fs::symlink_metadata(&run).expect("the daemon made the runtime directory");
     assert!(meta.is_dir(), "{} is not a directory", run.display());
     assert_eq!(meta.permissions().mode() & 0o777, 0o700, "private");

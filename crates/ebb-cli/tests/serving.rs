@@ -177,3 +177,93 @@ fn ebb_on_the_filesystem_it_serves_still_starts_after_a_crash() {
         "stopped on SIGTERM"
     );
 }
+
+/// What could never be served is refused, in one line, nothing changed:
+/// a release while nothing serves the tree, a file on another filesystem
+/// mounted inside it, a tree on a filesystem without pre-content events.
+#[test]
+fn what_could_never_be_served_is_refused() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = seeded_bytes(300_000, 99);
+    let path = env.path("unserved.bin");
+    write_file(&path, &data);
+    env.archive(&path);
+    let run = ebb([OsStr::new("release"), path.as_os_str()])
+        .fails()
+        .says("nothing serves")
+        .says("ebb daemon");
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+    assert_eq!(env.status(&path)["state"], "archived");
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+
+    // Another filesystem mounted inside the tree.
+    let inner = ebb::testing::LoopFs::xfs(300).expect("a second filesystem");
+    let mnt = env.path("inner");
+    std::fs::create_dir(&mnt).unwrap();
+    sh(
+        "mount --bind \"$1\" \"$2\"",
+        &[inner.path().as_os_str(), mnt.as_os_str()],
+    )
+    .ok();
+    let foreign = mnt.join("foreign.bin");
+    write_file(&foreign, &data);
+    let run = ebb([OsStr::new("archive"), foreign.as_os_str()])
+        .fails()
+        .says("another filesystem");
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+    env.start_daemon();
+    let run = ebb([
+        OsStr::new("release"),
+        OsStr::new("-r"),
+        OsStr::new("--json"),
+        env.root.as_os_str(),
+    ]);
+    assert!(run.out().contains("not descended into"), "{run:?}");
+    assert!(
+        !run.out().contains("foreign.bin\",\"result\":\"released"),
+        "{run:?}"
+    );
+    assert_eq!(std::fs::read(&foreign).unwrap(), data);
+    sh("umount \"$1\"", &[mnt.as_os_str()]).ok();
+
+    // A tree on tmpfs.
+    let tmp = tempfile::tempdir().unwrap();
+    sh("mount -t tmpfs tmpfs \"$1\"", &[tmp.path().as_os_str()]).ok();
+    let run = ebb([
+        OsStr::new("init"),
+        tmp.path().as_os_str(),
+        OsStr::new("--store"),
+        env.fs.scratch().join("tmpfs-store").as_os_str(),
+    ]);
+    sh("umount \"$1\"", &[tmp.path().as_os_str()]).ok();
+    run.fails().says("no fanotify pre-content events");
+    assert!(!tmp.path().join(".ebb").exists(), "nothing changed");
+}
+
+/// Two trees with one id (a `.ebb` copied from one to the other): the
+/// second's daemon refuses the first's kept group in one line, and the
+/// first tree's stubs go on reading their bytes.
+#[test]
+fn a_tree_with_a_copied_id_does_not_take_the_other_trees_group() {
+    ebb::require_root!();
+    let first = Env::new(300);
+    let data = seeded_bytes(1_200_000, 98);
+    let (path, _) = first.released_file("first.bin", &data);
+    first.start_daemon();
+    let second = Env::bare(300);
+    sh(
+        "cp -a \"$1/.ebb\" \"$2/\"",
+        &[first.root.as_os_str(), second.root.as_os_str()],
+    )
+    .ok();
+    for stale in ["daemon.pid", "daemon.sock"] {
+        let _ = std::fs::remove_file(second.path(&format!(".ebb/{stale}")));
+    }
+    let mut cmd = ebb_command();
+    cmd.arg("daemon").arg(&second.root).arg("--background");
+    let run = run_cmd(&mut cmd, COMMAND_TIMEOUT).fails();
+    assert!(run.stderr.contains("copied"), "{run:?}");
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+    assert_reads(&path, &data);
+}

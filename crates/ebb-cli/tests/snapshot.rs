@@ -722,7 +722,7 @@ fn archiving_a_tracked_file_again_reads_only_what_changed() {
     );
 
     // What was recorded is the file: release it and bring it back.
-    ebb([OsStr::new("release"), f.as_os_str()]).ok();
+    assert_eq!(env.release(&f)["result"], "released");
     ebb([OsStr::new("restore"), f.as_os_str()]).ok();
     assert!(
         std::fs::read(&f).unwrap() == expected,

@@ -65,6 +65,7 @@ impl Tree {
                 outer.root.display()
             );
         }
+        refuse_unservable(&root)?;
         let store = store.map_or_else(|| PathBuf::from(DEFAULT_STORE), Path::to_path_buf);
         let store = resolve(&store)?;
         if store.starts_with(&root) {
@@ -211,6 +212,33 @@ impl Tree {
     }
 }
 
+/// Refuse a directory whose filesystem has no fanotify pre-content events
+/// (tmpfs, for one): its released files could never be served. Tried the
+/// way the daemon will do it, with an ignore-only filesystem mark.
+fn refuse_unservable(root: &Path) -> Result<()> {
+    use crate::sys::fanotify::{Group, InitOptions, FAN_PRE_ACCESS};
+    let group = Group::new(InitOptions::pre_content()).context(
+        "fanotify_init(FAN_CLASS_PRE_CONTENT) failed: ebb needs root and Linux 6.14 or later",
+    )?;
+    match group.arm_filesystem(root, FAN_PRE_ACCESS) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENODEV)
+            ) =>
+        {
+            bail!(
+                "the filesystem of {} has no fanotify pre-content events ({e}): ebb could never serve a file released there; choose a directory on XFS, btrfs or ext4 (nothing changed)",
+                root.display()
+            )
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("trying pre-content events on {}", root.display()))
+        }
+    }
+}
+
 /// `path` with every part that exists resolved (symlinks, `..`), and the
 /// rest, which does not exist yet, applied as written.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
@@ -270,6 +298,7 @@ mod tests {
 
     #[test]
     fn init_find_and_refusals() {
+        crate::require_root!();
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("data");
         let store = dir.path().join("store");

@@ -670,14 +670,45 @@ impl Env {
     }
 
     /// `ebb release --json PATH`, which must succeed.
+    ///
+    /// ebb releases only while something serves the tree: with no daemon
+    /// of this value's running and no keeper, one is started for the
+    /// release and stopped after (SIGTERM), so the test goes on as it was.
     pub fn release(&self, path: &Path) -> Value {
-        ebb([
+        let serving = self.serving_for_a_moment();
+        let released = ebb([
             OsStr::new("release"),
             OsStr::new("--json"),
             path.as_os_str(),
         ])
         .ok()
-        .json1()
+        .json1();
+        if let Some(pid) = serving {
+            self.daemons
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|&p| p != pid);
+            assert!(
+                terminate(pid, Duration::from_secs(30)),
+                "the release's daemon needed SIGKILL"
+            );
+        }
+        released
+    }
+
+    /// A daemon started because none of this value's runs and no keeper
+    /// holds the tree's group; `None` when something serves it already.
+    fn serving_for_a_moment(&self) -> Option<i32> {
+        let running = self
+            .daemons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|&pid| alive(pid));
+        if running || self.keeper().is_some() {
+            return None;
+        }
+        Some(self.start_daemon())
     }
 
     /// `ebb restore --json PATH`, which must succeed.

@@ -80,10 +80,12 @@ pub fn run(opts: &Options) -> Result<Report> {
     let store = tree.store()?;
     for f in &files {
         hsm::archive(&tree, &mut catalog, &store, &f.path, &NoProgress)?;
+    }
+    // Released while a daemon serves the tree (release refuses otherwise).
+    let mut daemon = start_daemon(&opts.exe, &root, None)?;
+    for f in &files {
         hsm::release(&tree, &mut catalog, &store, &f.path)?;
     }
-
-    let mut daemon = start_daemon(&opts.exe, &root, None)?;
     let stop = AtomicBool::new(false);
     let counters = Counters::default();
     let mut report = Report {

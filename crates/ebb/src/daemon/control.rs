@@ -202,13 +202,15 @@ fn send<'a>(
 }
 
 /// Tell the daemon serving `tree`, if any, that `file` is about to be
-/// released. Returns once the daemon has dropped its ignore mark.
-pub fn forget(tree: &Tree, file: &File) -> Result<()> {
+/// released. Returns once the daemon has taken in the events queued before
+/// and dropped its ignore mark: `true`; `false` when nothing serves the
+/// tree (no daemon, no keeper), where a stub would read as zeros.
+pub fn forget(tree: &Tree, file: &File) -> Result<bool> {
     let Some(pid) = daemon_pid(tree)? else {
         return forget_in_kept_group(tree, file);
     };
     call(&connect(tree, pid)?, &Request::Forget, Some(file.as_fd()))?;
-    Ok(())
+    Ok(true)
 }
 
 /// Ask the daemon serving `tree`, if any, to hand over (see
@@ -232,10 +234,10 @@ pub fn hand_over(tree: &Tree) -> Result<()> {
 /// With no daemon running, a keeper may still hold the group (the daemon
 /// crashed): its ignore mark on `file` must go all the same, or the stub
 /// would read as zeros once a daemon serves again.
-fn forget_in_kept_group(tree: &Tree, file: &File) -> Result<()> {
+fn forget_in_kept_group(tree: &Tree, file: &File) -> Result<bool> {
     use crate::failover::keeper::{socket_path, KeeperClient};
     let Some(keeper) = KeeperClient::connect(&socket_path(&tree.config().id))? else {
-        return Ok(());
+        return Ok(false);
     };
     for (name, fd) in keeper.get()? {
         if name == "group" {
@@ -248,7 +250,7 @@ fn forget_in_kept_group(tree: &Tree, file: &File) -> Result<()> {
                 .context("removing the ignore mark in the kept group")?;
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Ask the daemon serving `tree` to take (or report on) a snapshot.

@@ -345,7 +345,15 @@ fn event_loop(
         if read {
             fds.push(PollFd::new(populator.group().as_fd(), PollFlags::POLLIN));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        // Stopping, the loop must come round to see the queue empty even
+        // when nothing else happens (the last read returned events, all
+        // answered at once, and the mark is gone: no event will wake it).
+        let timeout = if stopping {
+            PollTimeout::from(10u8)
+        } else {
+            PollTimeout::NONE
+        };
+        match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e).context("poll"),
         }

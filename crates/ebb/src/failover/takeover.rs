@@ -70,14 +70,21 @@ pub fn acquire(tree: &Tree, exe: &Path) -> Result<Kept> {
     let mut group = None;
     let mut table = None;
     let mut fills = None;
+    let mut kept_for = None;
     for (name, fd) in keeper.get().context("taking the kept fds back")? {
         let fd = fdtable::move_above(fd, KEPT_FDS_FROM)?;
         match name.as_str() {
             "group" => group = Some(fd),
             "inflight" => table = Some(fd),
             "fills" => fills = Some(fd),
+            "tree" => kept_for = Some(fd),
             other => tracing::warn!("the keeper holds an fd named {other:?}; ignored"),
         }
+    }
+    // Before anything of it is used: the group may serve another tree that
+    // has this tree's id (a copied .ebb).
+    if let Some(fd) = kept_for {
+        KeptFor::read(fd)?.check(tree, keeper.pid().unwrap_or(0))?;
     }
     if let (Some(group), Some(table), Some(fills)) = (group, table, fills) {
         let (table, pending) = InflightTable::open(SharedMemory::map(table)?)?;
@@ -103,12 +110,14 @@ pub fn acquire(tree: &Tree, exe: &Path) -> Result<Kept> {
     let group = Group::from_owned(fdtable::move_above(group.into_owned(), KEPT_FDS_FROM)?);
     let table = InflightTable::create()?;
     let fills = FillJournal::create()?;
+    let kept_for = KeptFor::of(tree)?.write()?;
     fills
         .with_fd(|journal| {
             keeper.put(&[
                 ("group", group.as_fd()),
                 ("inflight", table.fd()),
                 ("fills", journal),
+                ("tree", kept_for.fd()),
             ])
         })
         .context("the fill journal's lock is poisoned")?
@@ -122,6 +131,84 @@ pub fn acquire(tree: &Tree, exe: &Path) -> Result<Kept> {
         interrupted: Vec::new(),
         fresh: true,
     })
+}
+
+/// The tree a kept group serves, kept beside it (a small memfd of JSON):
+/// a tree whose `.ebb` was copied from another has the other's id, and so
+/// finds the other's keeper; its daemon must not take that group (it would
+/// answer the other tree's readers, and leave its own unserved).
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct KeptFor {
+    root: PathBuf,
+    /// The root directory's inode: a tree mounted again keeps it.
+    root_ino: u64,
+}
+
+/// Most bytes a [`KeptFor`] record may hold (a path and a number).
+const KEPT_FOR_MAX: usize = 8192;
+
+impl KeptFor {
+    fn of(tree: &Tree) -> Result<KeptFor> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(tree.root())
+            .with_context(|| format!("reading {}", tree.root().display()))?;
+        Ok(KeptFor {
+            root: tree.root().to_path_buf(),
+            root_ino: meta.ino(),
+        })
+    }
+
+    /// As a memfd: a little-endian u32 length, then the JSON.
+    fn write(&self) -> Result<SharedMemory> {
+        let json = serde_json::to_vec(self)?;
+        let len = u32::try_from(json.len())
+            .ok()
+            .filter(|&n| (n as usize) + 4 <= KEPT_FOR_MAX)
+            .context("the tree's path is too long to keep")?;
+        let mut mem = SharedMemory::create("ebb-tree", 4 + json.len())?;
+        let bytes = mem.bytes_mut();
+        bytes[..4].copy_from_slice(&len.to_le_bytes());
+        bytes[4..].copy_from_slice(&json);
+        Ok(mem)
+    }
+
+    fn read(fd: OwnedFd) -> Result<KeptFor> {
+        let mem = SharedMemory::map(fd).context("mapping the kept tree record")?;
+        Self::parse(mem.bytes())
+    }
+
+    fn parse(bytes: &[u8]) -> Result<KeptFor> {
+        let damaged = || {
+            anyhow::anyhow!(
+                "the keeper's tree record is damaged; stop the keeper and start the daemon again"
+            )
+        };
+        let len = bytes
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(damaged)? as usize;
+        let json = bytes
+            .get(4..4 + len)
+            .filter(|_| len <= KEPT_FOR_MAX)
+            .ok_or_else(damaged)?;
+        serde_json::from_slice(json).map_err(|_| damaged())
+    }
+
+    /// Refuse a group kept for another tree.
+    fn check(&self, tree: &Tree, keeper_pid: u32) -> Result<()> {
+        let here = KeptFor::of(tree)?;
+        if *self == here {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "the keeper (pid {keeper_pid}) of tree id {} holds the group of {}, not of {}: one tree's .ebb was copied from the other; give {} its own identity (move its .ebb away and run `ebb init` on it)",
+            tree.config().id,
+            self.root.display(),
+            here.root.display(),
+            here.root.display()
+        )
+    }
 }
 
 /// Put back the mtimes of files a dead daemon's fills left between writing
@@ -330,4 +417,27 @@ fn read_c_string(pid: i32, addr: u64) -> Option<Vec<u8>> {
     let end = buf[..n].iter().position(|&b| b == 0)?;
     buf.truncate(end);
     Some(buf)
+}
+
+#[cfg(test)]
+mod kept_for_tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_tree_record_reads_back_and_damage_is_refused() {
+        let record = KeptFor {
+            root: PathBuf::from("/data/x"),
+            root_ino: 128,
+        };
+        let mem = record.write().expect("write");
+        assert_eq!(KeptFor::parse(mem.bytes()).expect("parse"), record);
+        for bad in [
+            &b""[..],
+            &[9, 0, 0, 0, b'{'][..],
+            &[255, 255, 255, 255][..],
+            &[2, 0, 0, 0, b'{', b'}'][..],
+        ] {
+            assert!(KeptFor::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 }

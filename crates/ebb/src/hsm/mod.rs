@@ -72,7 +72,25 @@ pub fn managed_path(tree: &Tree, path: &Path) -> Result<PathBuf> {
     if !meta.is_file() {
         bail!("{} is not a regular file", path.display());
     }
+    same_filesystem(tree, &abs, &meta)?;
     Ok(abs)
+}
+
+/// Refuse a file on another filesystem mounted inside the tree: the
+/// daemon marks and serves the tree's own filesystem only, so a stub there
+/// would read as zeros.
+fn same_filesystem(tree: &Tree, path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata(tree.root())
+        .with_context(|| format!("reading {}", tree.root().display()))?;
+    if meta.dev() != root.dev() {
+        bail!(
+            "{} is on another filesystem mounted inside the tree {}: ebb serves only the tree's own filesystem (manage that one as a tree of its own); nothing changed",
+            path.display(),
+            tree.root().display()
+        );
+    }
+    Ok(())
 }
 
 /// Expand `paths` into the regular files they name, descending into
@@ -95,6 +113,15 @@ pub fn expand_paths(paths: &[PathBuf], recursive: bool) -> Vec<(PathBuf, Result<
 }
 
 fn walk(dir: &Path, out: &mut Vec<(PathBuf, Result<()>)>) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).map(|m| m.dev()).ok();
+    walk_on(dir, dev, out);
+}
+
+/// [`walk`] within the filesystem `dev`: a directory that is the root of
+/// another filesystem mounted inside is reported, not entered.
+fn walk_on(dir: &Path, dev: Option<u64>, out: &mut Vec<(PathBuf, Result<()>)>) {
+    use std::os::unix::fs::MetadataExt;
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -111,7 +138,16 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, Result<()>)>) {
         }
         let path = entry.path();
         match entry.file_type() {
-            Ok(t) if t.is_dir() => walk(&path, out),
+            Ok(t) if t.is_dir() => match std::fs::symlink_metadata(&path) {
+                Ok(m) if Some(m.dev()) != dev => out.push((
+                    path.clone(),
+                    Err(anyhow::anyhow!(
+                        "{} is another filesystem mounted inside the tree: not descended into",
+                        path.display()
+                    )),
+                )),
+                _ => walk_on(&path, dev, out),
+            },
             Ok(t) if t.is_file() => out.push((path, Ok(()))),
             _ => {}
         }

@@ -43,8 +43,11 @@ pub fn release(
     // told of is recorded before this looks), and drops any ignore mark it
     // put on the file while it was resident, which must go before the file
     // becomes a stub.
+    let mut served = false;
     let forget = |file: &std::fs::File| {
-        control::forget(tree, file).context("telling the daemon the file is being released")
+        served =
+            control::forget(tree, file).context("telling the daemon the file is being released")?;
+        Ok(())
     };
     let held = Exclusive::acquire(&path, forget).map_err(|e| match e {
         ExclusiveError::Busy { .. } => anyhow::Error::new(e),
@@ -78,6 +81,15 @@ pub fn release(
             "the archived copy of {} in {} cannot be trusted ({e}); run `ebb archive` on it again (nothing changed)",
             path.display(),
             store.describe()
+        );
+    }
+    if !served {
+        // Nobody would answer the stub's first read: the kernel would let
+        // it read the holes.
+        bail!(
+            "nothing serves {0}: {1} would read as zeros once released; start `ebb daemon {0}` first (nothing changed)",
+            tree.root().display(),
+            path.display()
         );
     }
     // "Released" is durable before the first byte goes: a power cut in
