@@ -400,3 +400,49 @@ fn a_fill_that_fails_for_want_of_space_leaves_the_file_unchanged_in_ebbs_eyes() 
     assert_reads(&path, &data);
     assert_eq!(env.status(&path)["state"], "archived");
 }
+
+#[test]
+fn a_truncate_racing_a_fill_is_not_undone() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = seeded_bytes(8 << 20, 85);
+    let (path, _) = env.released_file("log", &data);
+    let starts = chunk_starts(&data);
+    let last = *starts.last().expect("chunks");
+    env.start_daemon_with(
+        |cmd| {
+            cmd.env("EBB_TEST_PAUSE", "fill-sized:400");
+        },
+        COMMAND_TIMEOUT,
+    );
+    // The head on disk, so the truncate's own event (the page at its new
+    // end, 0) needs no fill.
+    python(
+        "import os, sys\nos.pread(os.open(sys.argv[1], os.O_RDONLY), 4096, 0)",
+        &[path.as_os_str()],
+    )
+    .ok();
+    // A reader of the tail sets off a fill, held after it read the size.
+    let inside_last = (last / 4096 + 1) * 4096;
+    let reader = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            python(
+                "import os, sys\nos.pread(os.open(sys.argv[1], os.O_RDONLY), 4096, int(sys.argv[2]))",
+                &[path.as_os_str(), OsStr::new(&inside_last.to_string())],
+            )
+        }
+    });
+    wait_for_log(&env, &format!("fill-sized: chunk at {last} sized"));
+    // `truncate -s 0 log` while that fill is between its size and its
+    // write. (Not yet `: > log`: an O_TRUNC open raises no pre-content
+    // event to hold.)
+    sh("truncate -s 0 \"$1\"", &[path.as_os_str()]).ok();
+    reader.join().expect("reader").ok();
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").len(),
+        0,
+        "the truncated file grew back"
+    );
+    assert_reads(&path, b"");
+}

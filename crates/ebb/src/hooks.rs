@@ -5,8 +5,9 @@
 //! waits for that line, not for a time). Unset, a pass costs one check of a
 //! value read once.
 //!
-//! Points: `fill-written` (a fill worker wrote its chunk and has not put
-//! the mtime back), `release-guarded` (release holds new opens of the file
+//! Points: `fill-sized` (a fill worker read the file's size and has not
+//! written yet), `fill-written` (it wrote its chunk and has not put the
+//! mtime back), `release-guarded` (release holds new opens of the file
 //! and has not yet had the daemon mark the filesystem).
 
 use std::sync::OnceLock;

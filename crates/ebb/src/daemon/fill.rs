@@ -161,6 +161,10 @@ impl<W: Fn()> Worker<W> {
         let meta = job.file.metadata().context("fstat before filling")?;
         let mtime = StatSnap::of(&meta).mtime;
         let limit = job.limit.min(meta.len());
+        crate::hooks::pause_point(
+            "fill-sized",
+            format_args!("chunk at {} sized", job.chunk.offset),
+        );
         // Journalled, so a daemon killed between the write and the mtime's
         // return has its successor put the mtime back.
         self.journal.begin(self.index, &job.handle, mtime);

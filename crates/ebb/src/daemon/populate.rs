@@ -152,6 +152,8 @@ struct Stub {
     /// which would make `ebb release` find it busy.
     file: Option<Arc<File>>,
     fills_in_flight: usize,
+    /// Truncates held until no fill of the file is in flight.
+    held_truncates: Vec<EventId>,
     /// Where the last access ended (a chunk index), to spot a sequential
     /// reader, and how far chunks were read ahead for it.
     last_access_end: usize,
@@ -320,11 +322,11 @@ impl Populator {
         }
         if !self.snapshots.is_empty() {
             if let Some(file) = self.hold_for_snapshot(file, id, pid, range) {
-                self.go_on_with_access(file, id, range);
+                self.go_on_with_access(file, id, pid, range);
             }
             return;
         }
-        self.go_on_with_access(file, id, range);
+        self.go_on_with_access(file, id, pid, range);
     }
 
     /// An access to the source of a snapshot waits until the units under
@@ -368,7 +370,7 @@ impl Populator {
         }
     }
 
-    fn go_on_with_access(&mut self, file: File, id: EventId, range: Option<(u64, u64)>) {
+    fn go_on_with_access(&mut self, file: File, id: EventId, pid: i32, range: Option<(u64, u64)>) {
         let stub = match self.lookup(&file) {
             Ok(Lookup::Stub(stub)) => stub,
             Ok(other) => {
@@ -391,6 +393,9 @@ impl Populator {
             tracing::error!("cannot check the size of an accessed stub: {e:#}");
             drop(file);
             self.respond(id, Response::DenyErrno(libc::EIO));
+            return;
+        }
+        if self.hold_truncate(stub, &file, id, pid) {
             return;
         }
         let entry = self
@@ -461,6 +466,37 @@ impl Populator {
         if sequential {
             self.read_ahead_after(stub, chunks.end);
         }
+    }
+
+    /// A truncate of a stub whose fills are running waits until they are
+    /// done: a fill that read the size before the cut and wrote after it
+    /// would grow the file back. (The event does not say what the access
+    /// is; the blocked process's syscall does, as for snapshots.) Returns
+    /// whether the event is held.
+    fn hold_truncate(&mut self, stub: FileId, file: &File, id: EventId, pid: i32) -> bool {
+        let busy = self.stubs.get(&stub).is_some_and(|s| s.fills_in_flight > 0);
+        let Ok(pid) = u32::try_from(pid) else {
+            return false;
+        };
+        if !busy || !crate::snapshot::users::may_be_truncating(pid) {
+            return false;
+        }
+        let Ok(fd) = file.try_clone() else {
+            return false;
+        };
+        if let Some(entry) = self.stubs.get_mut(&stub) {
+            tracing::debug!("{}: a truncate waits for its fills", entry.path.display());
+            entry.held_truncates.push(id);
+        }
+        self.waiting.insert(
+            id,
+            Waiting {
+                pending: 1,
+                failure: None,
+                _fd: Arc::new(fd),
+            },
+        );
+        true
     }
 
     /// A reader going through `stub` in order will want the chunks from
@@ -586,6 +622,7 @@ impl Populator {
                 write_lock: Arc::default(),
                 file: None,
                 fills_in_flight: 0,
+                held_truncates: Vec::new(),
                 last_access_end: 0,
                 read_ahead_to: 0,
             },
@@ -603,6 +640,17 @@ impl Populator {
             return;
         };
         entry.fills_in_flight -= 1;
+        if entry.fills_in_flight == 0 {
+            for held in std::mem::take(&mut entry.held_truncates) {
+                if let Some(w) = self.waiting.get_mut(&held) {
+                    w.pending = w.pending.saturating_sub(1);
+                }
+            }
+        }
+        let entry = self
+            .stubs
+            .get_mut(&done.file)
+            .expect("looked up just above");
         let failure = match done.result {
             Ok((bytes, found_foreign)) => {
                 if found_foreign {
