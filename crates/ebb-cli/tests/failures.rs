@@ -111,10 +111,31 @@ fn one_corrupt_chunk_stops_the_reader_at_it() {
     let data = random_bytes(6 * MIB);
     let (path, _) = env.released_file("one-bad.bin", &data);
     let blobs = env.chunk_files();
-    corrupt_blob(&blobs[blobs.len() / 2]);
+    let bad = &blobs[blobs.len() / 2];
+    corrupt_blob(bad);
+    // Where that chunk starts in the file.
+    let mut bad_start = None;
+    ebb::store::for_each_chunk(&data[..], |offset, chunk| {
+        if bad
+            .file_name()
+            .is_some_and(|n| *n == *ebb::store::ChunkHash::of(chunk).to_string())
+        {
+            bad_start = Some(offset);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let bad_start = usize::try_from(bad_start.expect("the corrupted chunk is the file's")).unwrap();
     env.start_daemon();
     let run = cat(&path);
     assert_eio_and_no_wrong_bytes(&run, &data);
+    // Stopped *at* it: everything before the read that reached the chunk
+    // came (cat reads at most 128 KiB at a time), nothing of the chunk.
+    assert!(
+        run.stdout.len() <= bad_start && run.stdout.len() + (128 << 10) > bad_start,
+        "read {} bytes; the bad chunk starts at {bad_start}",
+        run.stdout.len()
+    );
     assert_log_names(&env, &path);
     let s = env.stats();
     assert!(stat_u64(&s, "fill_errors") >= 1, "{s}");

@@ -395,9 +395,9 @@ impl Populator {
             self.respond(id, Response::DenyErrno(libc::EIO));
             return;
         }
-        if self.hold_truncate(stub, &file, id, pid) {
+        let Some(file) = self.hold_truncate(stub, file, id, pid) else {
             return;
-        }
+        };
         let entry = self
             .stubs
             .get_mut(&stub)
@@ -471,19 +471,15 @@ impl Populator {
     /// A truncate of a stub whose fills are running waits until they are
     /// done: a fill that read the size before the cut and wrote after it
     /// would grow the file back. (The event does not say what the access
-    /// is; the blocked process's syscall does, as for snapshots.) Returns
-    /// whether the event is held.
-    fn hold_truncate(&mut self, stub: FileId, file: &File, id: EventId, pid: i32) -> bool {
+    /// is; the blocked process's syscall does, as for snapshots.) Gives
+    /// the event's fd back unless the event is held (then the fd, whose
+    /// number is the event's, stays open until the answer).
+    fn hold_truncate(&mut self, stub: FileId, file: File, id: EventId, pid: i32) -> Option<File> {
         let busy = self.stubs.get(&stub).is_some_and(|s| s.fills_in_flight > 0);
-        let Ok(pid) = u32::try_from(pid) else {
-            return false;
-        };
-        if !busy || !crate::snapshot::users::may_be_truncating(pid) {
-            return false;
+        let truncating = || u32::try_from(pid).is_ok_and(crate::snapshot::users::may_be_truncating);
+        if !busy || !truncating() {
+            return Some(file);
         }
-        let Ok(fd) = file.try_clone() else {
-            return false;
-        };
         if let Some(entry) = self.stubs.get_mut(&stub) {
             tracing::debug!("{}: a truncate waits for its fills", entry.path.display());
             entry.held_truncates.push(id);
@@ -493,10 +489,10 @@ impl Populator {
             Waiting {
                 pending: 1,
                 failure: None,
-                _fd: Arc::new(fd),
+                _fd: Arc::new(file),
             },
         );
-        true
+        None
     }
 
     /// A reader going through `stub` in order will want the chunks from
