@@ -63,16 +63,23 @@ impl FsMark {
             state: State::None,
         };
         let listed = mark.listed(group)?;
-        match (recorded, listed) {
-            (State::Marked(since), Listed::Marked) => {
-                // Again: an ebb of before may have marked fewer events.
+        match (listed, recorded) {
+            // The kernel has the real mark: trust it over the record (a
+            // daemon may have died between marking and writing the record).
+            // Again: an ebb of before may have marked fewer events.
+            (Listed::Marked, _) => {
                 group
                     .mark_filesystem(&mark.root, WATCHED)
                     .with_context(|| mark.unsupported())?;
+                let since = match recorded {
+                    State::Marked(since) | State::Armed(since) => since,
+                    State::None => crate::snapshot::users::now_ticks()? + 1,
+                };
                 mark.state = State::Marked(since);
+                mark.write_record()?;
             }
-            (State::Armed(since), Listed::Armed) => mark.state = State::Armed(since),
-            (State::Marked(_), _) => {
+            (Listed::Armed, State::Armed(since)) => mark.state = State::Armed(since),
+            (_, State::Marked(_)) => {
                 // Lost with the filesystem it was on: its stubs must be
                 // served, so the real mark goes back at once.
                 tracing::warn!(
@@ -142,6 +149,10 @@ impl FsMark {
                 group
                     .mark_filesystem(&self.root, WATCHED)
                     .with_context(|| self.unsupported())?;
+                // An arming mask the group may still hold would silence it.
+                group
+                    .disarm_filesystem(&self.root, FAN_PRE_ACCESS)
+                    .context("lifting an arming mark")?;
                 // The next tick: a process started in this one may predate
                 // the mark.
                 crate::snapshot::users::now_ticks()? + 1

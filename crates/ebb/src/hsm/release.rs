@@ -27,11 +27,12 @@ pub struct ReleaseOutcome {
 
 /// Release the file at `path`.
 ///
-/// Refused, with nothing changed, unless its archived copy is complete in
-/// the store and it has not changed since, and unless no other process has
-/// it open. The catalog says "released" before the first byte is punched,
-/// so a crash in between leaves a file the daemon fills again, never one it
-/// believes resident.
+/// Refused, with nothing changed, unless every chunk of its archived copy
+/// reads back from the store and verifies, it has not changed since, no
+/// other process has it open, and a daemon (or a keeper) serves the tree.
+/// The catalog says "released", durably, before the first byte is punched,
+/// so a crash or a power cut in between leaves a file the daemon fills
+/// again, never one it believes resident.
 pub fn release(
     tree: &Tree,
     catalog: &mut Catalog,
@@ -99,9 +100,8 @@ pub fn release(
     catalog.set_residency_durably(rec.id, &empty, &stat)?;
     if let Err(e) = punch_hole(file.as_fd(), 0, stat.size) {
         // Nothing was punched: the catalog must not keep saying released.
-        let full = Residency::full(rec.version.manifest.len());
         catalog
-            .set_residency_durably(rec.id, &full, &stat)
+            .set_residency_durably(rec.id, &rec.resident, &stat)
             .context("recording the file resident again after a failed punch")?;
         return Err(e).with_context(|| {
             format!(
