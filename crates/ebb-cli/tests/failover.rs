@@ -20,8 +20,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ebb::failover::keeper::KeeperClient;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 const MIB: usize = 1 << 20;
 
@@ -194,11 +192,6 @@ impl Drop for Fix {
 }
 
 /// SIGKILL `pid` and wait until it is gone.
-fn kill9(pid: i32) {
-    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    assert!(gone_within(pid, DIE_TIMEOUT), "{pid} survived SIGKILL");
-}
-
 fn gone_within(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while alive(pid) {

@@ -114,18 +114,11 @@ fn one_corrupt_chunk_stops_the_reader_at_it() {
     let bad = &blobs[blobs.len() / 2];
     corrupt_blob(bad);
     // Where that chunk starts in the file.
-    let mut bad_start = None;
-    ebb::store::for_each_chunk(&data[..], |offset, chunk| {
-        if bad
-            .file_name()
-            .is_some_and(|n| *n == *ebb::store::ChunkHash::of(chunk).to_string())
-        {
-            bad_start = Some(offset);
-        }
-        Ok(())
-    })
-    .unwrap();
-    let bad_start = usize::try_from(bad_start.expect("the corrupted chunk is the file's")).unwrap();
+    let bad_start = chunks_of(&data)
+        .into_iter()
+        .find(|(_, hash)| bad.file_name().is_some_and(|n| *n == **hash))
+        .map(|(offset, _)| usize::try_from(offset).unwrap())
+        .expect("the corrupted chunk is the file's");
     env.start_daemon();
     let run = cat(&path);
     assert_eio_and_no_wrong_bytes(&run, &data);

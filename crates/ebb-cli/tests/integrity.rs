@@ -160,26 +160,18 @@ fn a_power_cut_right_after_a_fill_leaves_exact_bytes() {
 
 /// Offsets at which ebb's chunker cuts `data`.
 fn chunk_starts(data: &[u8]) -> Vec<u64> {
-    let mut starts = Vec::new();
-    ebb::store::for_each_chunk(data, |offset, _| {
-        starts.push(offset);
-        Ok(())
-    })
-    .expect("chunking");
-    starts
+    chunks_of(data)
+        .into_iter()
+        .map(|(offset, _)| offset)
+        .collect()
 }
 
 /// Wait until the daemon's log has `needle`, or fail.
 fn wait_for_log(env: &Env, needle: &str) {
-    let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
-    while !env.log().contains(needle) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the log never said {needle:?}:\n{}",
-            env.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_for(
+        || env.log().contains(needle),
+        &format!("the log to say {needle:?}"),
+    );
 }
 
 /// A python process that waits for a line on stdin before each step.

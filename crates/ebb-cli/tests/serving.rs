@@ -153,14 +153,7 @@ fn ebb_on_the_filesystem_it_serves_still_starts_after_a_crash() {
     // Nothing but the daemon itself has run the binary since the mark
     // went in (a run by another process would leave an ignore mark).
     let first = start();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    while alive(first) {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    kill9(first);
     // Only the keeper holds the group now: exec'ing the binary on the
     // marked filesystem must not wait for an answer nobody gives.
     let second = start();

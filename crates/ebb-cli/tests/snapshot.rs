@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ebb, Env, Run};
+use common::{ebb, kill9, wait_for, Env, Run};
 use ebb::testing::{write_fragmented, FsKind, LoopFs};
 
 fn changed_ranges(base: &std::path::Path, file: &std::path::Path) -> std::process::Output {
@@ -184,27 +184,6 @@ fn a_writer_older_than_the_daemon_is_refused_a_younger_one_is_held() {
         std::fs::read(env.path("vm.img@2")).expect("the snapshot"),
         vec![7u8; 1 << 20]
     );
-}
-
-fn kill9(pid: i32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    while common::alive(pid) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn wait_for(what: impl Fn() -> bool, name: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !what() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "waited 30 s for {name}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn partial(dst: &Path) -> std::path::PathBuf {

@@ -1,6 +1,7 @@
-//! Points where a test can hold ebb for a while, to land its own action in
-//! a window that is otherwise microseconds wide. Driven by the environment
-//! of the process: `EBB_TEST_PAUSE=<point>:<ms>` holds every pass through
+//! Points where a test can crash ebb, or hold it for a while to land its
+//! own action in a window that is otherwise microseconds wide. Driven by
+//! the environment of the process (see [`crash_point`]);
+//! `EBB_TEST_PAUSE=<point>:<ms>` holds every pass through
 //! `<point>` for `<ms>` milliseconds, after logging that it does (a test
 //! waits for that line, not for a time). Unset, a pass costs one check of a
 //! value read once.
@@ -26,6 +27,27 @@ pub fn pause_point(point: &str, what: impl std::fmt::Display) {
         if name == point {
             tracing::warn!("EBB_TEST_PAUSE: {point}: {what}; pausing");
             std::thread::sleep(*pause);
+        }
+    }
+}
+
+/// Test hook: with `EBB_TEST_CRASH=POINT` (or `POINT:N`, the Nth time) in
+/// the environment, the daemon aborts at that point, so tests can kill it
+/// exactly where a crash is hardest: `after-read` (events read, nothing
+/// noted), `after-fill` (a chunk written, not recorded), `before-answer`.
+pub fn crash_point(point: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let spec = SPEC.get_or_init(|| {
+        let v = std::env::var("EBB_TEST_CRASH").ok()?;
+        let (name, n) = v.split_once(':').unwrap_or((&v, "1"));
+        Some((name.to_string(), n.parse().unwrap_or(1)))
+    });
+    if let Some((name, n)) = spec {
+        if name == point && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *n {
+            eprintln!("EBB_TEST_CRASH: aborting at {point}");
+            std::process::abort();
         }
     }
 }

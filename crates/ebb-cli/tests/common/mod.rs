@@ -478,6 +478,36 @@ pub fn terminate(pid: i32, grace: Duration) -> bool {
     false
 }
 
+/// Wait until `what` holds; fails the test after 30 s, naming `name`.
+pub fn wait_for(what: impl Fn() -> bool, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !what() {
+        assert!(Instant::now() < deadline, "waited 30 s for {name}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGKILL `pid` and wait until it is gone (30 s at most).
+pub fn kill9(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    wait_for(|| !alive(pid), &format!("{pid} to die of SIGKILL"));
+}
+
+/// The chunks ebb's chunker cuts `data` into: each one's offset and hash
+/// (hex, the name of its object in the store).
+pub fn chunks_of(data: &[u8]) -> Vec<(u64, String)> {
+    let mut chunks = Vec::new();
+    ebb::store::for_each_chunk(data, |offset, chunk| {
+        chunks.push((offset, ebb::store::ChunkHash::of(chunk).to_string()));
+        Ok(())
+    })
+    .expect("chunking");
+    chunks
+}
+
 /// A child process killed (and reaped) when the value is dropped.
 pub struct KillOnDrop(pub Child);
 
@@ -635,15 +665,7 @@ impl Env {
         let pids: Vec<i32> =
             std::mem::take(&mut *self.daemons.lock().unwrap_or_else(|p| p.into_inner()));
         for pid in pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let deadline = Instant::now() + COMMAND_TIMEOUT;
-            while alive(pid) {
-                assert!(Instant::now() < deadline, "daemon {pid} survived SIGKILL");
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            kill9(pid);
         }
     }
 

@@ -183,7 +183,7 @@ impl<W: Fn()> Worker<W> {
         // the catalog must never say resident over a hole. (After the
         // turn: the loop takes it to stat the file between fills.)
         job.file.sync_data().context("syncing the filled chunk")?;
-        crate::failover::crash_point("after-fill");
+        crate::hooks::crash_point("after-fill");
         Ok((data.len() as u64, found_foreign))
     }
 }

@@ -32,6 +32,7 @@ use crate::catalog::{Catalog, FileId, FileRecord, Residency, StatSnap};
 use crate::failover::inflight::InflightTable;
 use crate::store::{chunks_overlapping, ChunkRef};
 use crate::sys::fanotify::{Event, EventId, Group, Response, FAN_PRE_ACCESS};
+use crate::sys::file::dev_ino;
 use crate::sys::handle::{handle_of, FileHandle};
 
 /// `FAN_MODIFY`: a write happened (notification).
@@ -83,12 +84,6 @@ pub struct Stats {
     /// Events the kernel could not give the daemon (it could not open
     /// their fd) and denied itself.
     pub unreadable_events: u64,
-}
-
-/// Device and inode of a file.
-fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    (meta.dev(), meta.ino())
 }
 
 /// Name, in the tree's state directory, of the file whose close tells the
@@ -244,7 +239,7 @@ impl Populator {
     pub fn read_events(&mut self) -> std::io::Result<Vec<Event>> {
         let events = self.table.read(&self.group)?.unwrap_or_default();
         if events.iter().any(Event::is_permission) {
-            crate::failover::crash_point("after-read");
+            crate::hooks::crash_point("after-read");
         }
         Ok(events)
     }
@@ -278,7 +273,7 @@ impl Populator {
             Response::Allow => self.stats.allowed += 1,
             _ => self.stats.denied += 1,
         }
-        crate::failover::crash_point("before-answer");
+        crate::hooks::crash_point("before-answer");
         if let Err(e) = self.group.respond(id, response) {
             tracing::error!("answering event {}: {e}", id.0);
         }
@@ -350,14 +345,7 @@ impl Populator {
             }
             Some(true) => {
                 self.table.record_handle(id.0, &handle);
-                self.waiting.insert(
-                    id,
-                    Waiting {
-                        pending: 1,
-                        failure: None,
-                        _fd: Arc::new(file),
-                    },
-                );
+                self.hold(id, file);
                 None
             }
         }
@@ -484,6 +472,14 @@ impl Populator {
             tracing::debug!("{}: a truncate waits for its fills", entry.path.display());
             entry.held_truncates.push(id);
         }
+        self.hold(id, file);
+        None
+    }
+
+    /// Keep the event `id` unanswered until one thing it waits for is done
+    /// (its `pending` goes to 0), with its fd, whose number the answer
+    /// goes to, open until then.
+    fn hold(&mut self, id: EventId, file: File) {
         self.waiting.insert(
             id,
             Waiting {
@@ -492,7 +488,6 @@ impl Populator {
                 _fd: Arc::new(file),
             },
         );
-        None
     }
 
     /// A reader going through `stub` in order will want the chunks from
@@ -823,7 +818,7 @@ impl Populator {
             .truncate(false)
             .open(&self.cookie)
             .with_context(|| format!("writing the cookie {}", self.cookie.display()))?;
-        let cookie_id = file_id(&cookie.metadata()?);
+        let cookie_id = dev_ino(cookie.as_fd())?;
         drop(cookie);
         loop {
             let events = match self.read_events() {
@@ -845,9 +840,7 @@ impl Populator {
                     && event
                         .file
                         .as_ref()
-                        .and_then(|fd| fd.try_clone().ok())
-                        .and_then(|fd| File::from(fd).metadata().ok())
-                        .is_some_and(|m| file_id(&m) == cookie_id);
+                        .is_some_and(|fd| dev_ino(fd.as_fd()).is_ok_and(|id| id == cookie_id));
                 if is_cookie {
                     seen = true;
                 } else {

@@ -235,7 +235,7 @@ impl Job {
         let started = Instant::now();
         self.clone_bytes(bytes.clone())?;
         let took = started.elapsed();
-        crate::failover::crash_point("snapshot-cloned");
+        crate::hooks::crash_point("snapshot-cloned");
         self.progress
             .write_all_at(&vec![1u8; run.len()], run.start as u64)
             .context("recording snapshot progress")?;

@@ -97,6 +97,13 @@ pub fn get_xattr(file: BorrowedFd<'_>, name: &str) -> io::Result<Option<Vec<u8>>
     }
 }
 
+/// Device and inode of the open file (`fstat(2)`): what tells two fds of
+/// one file apart from fds of two.
+pub fn dev_ino(file: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = nix::sys::stat::fstat(file.as_raw_fd())?;
+    Ok((st.st_dev, st.st_ino))
+}
+
 /// `fsetxattr(2)`, creating or replacing the attribute.
 pub fn set_xattr(file: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
     let cname = xattr_name(name)?;

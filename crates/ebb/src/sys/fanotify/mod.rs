@@ -829,8 +829,7 @@ pub fn reopen_nonotify(file: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<O
 /// as well. Events of other inodes (left by earlier reopens) are dropped,
 /// and so is one whose fd the kernel could not open (its read fails).
 fn open_through_event(group: &Group, file: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    use std::os::unix::fs::MetadataExt;
-    let want = std::fs::File::from(file.try_clone_to_owned()?).metadata()?;
+    let want = crate::sys::file::dev_ino(file)?;
     let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
     drop(std::fs::File::open(proc_path)?);
     let mut buf = EventBuffer::new(4096);
@@ -844,8 +843,7 @@ fn open_through_event(group: &Group, file: BorrowedFd<'_>) -> io::Result<OwnedFd
             }
             Ok(events) => {
                 for fd in events.into_iter().filter_map(|e| e.file) {
-                    let meta = std::fs::File::from(fd.try_clone()?).metadata()?;
-                    if (meta.dev(), meta.ino()) == (want.dev(), want.ino()) {
+                    if crate::sys::file::dev_ino(fd.as_fd())? == want {
                         return Ok(fd);
                     }
                 }

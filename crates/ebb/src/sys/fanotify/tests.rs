@@ -19,6 +19,30 @@ fn next_events(group: &Group, buf: &mut EventBuffer, timeout: Duration) -> Vec<E
     }
 }
 
+/// Allow `first`, then every further event the group raises, until
+/// `reader` is done (a read raises an event per `read(2)`); its result.
+/// Fails after 10 s.
+fn allow_until_done<T>(
+    group: &Group,
+    buf: &mut EventBuffer,
+    first: Vec<Event>,
+    reader: std::thread::JoinHandle<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pending = first;
+    while !reader.is_finished() {
+        assert!(Instant::now() < deadline, "the reader never finished");
+        for ev in pending.drain(..) {
+            group
+                .respond(ev.id().expect("id"), Response::Allow)
+                .expect("allow");
+        }
+        pending = group.read_events(buf).expect("read");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    reader.join().expect("join")
+}
+
 fn fixture() -> (LoopFs, Group) {
     let fs = LoopFs::xfs(300).expect("loop xfs");
     let group = Group::new(InitOptions::pre_content()).expect("pre-content group");
@@ -105,22 +129,7 @@ fn an_event_whose_fd_cannot_be_opened_fails_the_read() {
         };
         match got {
             Ok(events) if arrives => {
-                for ev in events {
-                    group
-                        .respond(ev.id().expect("id"), Response::Allow)
-                        .expect("allow");
-                }
-                // Later reads of the same file raise more events: answer
-                // them until the reader is done.
-                while !reader.is_finished() {
-                    for ev in group.read_events(&mut buf).expect("read") {
-                        group
-                            .respond(ev.id().expect("id"), Response::Allow)
-                            .expect("allow");
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                reader.join().expect("join").expect("read allowed");
+                allow_until_done(&group, &mut buf, events, reader).expect("read allowed");
             }
             Err(e) if !arrives => {
                 assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY), "{e}");
@@ -192,20 +201,7 @@ fn evictable_ignore_mark_silences_a_file_and_removal_restores_events() {
     let reader = std::thread::spawn(move || f.read_to_end(&mut Vec::new()).map(|_| ()));
     let events = next_events(&group, &mut buf, Duration::from_secs(10));
     assert!(!events.is_empty(), "reads raise events again");
-    for ev in &events {
-        group
-            .respond(ev.id().expect("id"), Response::Allow)
-            .expect("allow");
-    }
-    // Answer any further events the read raises until it is done.
-    while !reader.is_finished() {
-        for ev in group.read_events(&mut buf).expect("read") {
-            group
-                .respond(ev.id().expect("id"), Response::Allow)
-                .expect("allow");
-        }
-    }
-    reader.join().expect("join").expect("read");
+    allow_until_done(&group, &mut buf, events, reader).expect("read");
 }
 
 #[test]
@@ -483,19 +479,10 @@ fn arming_then_marking_covers_files_opened_in_between_and_unmount_drops_it() {
         !first.is_empty(),
         "the early fd raises an event once marked"
     );
-    let mut pending = first;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !reader.is_finished() {
-        assert!(Instant::now() < deadline, "the reader never finished");
-        for ev in pending.drain(..) {
-            group
-                .respond(ev.id().expect("id"), Response::Allow)
-                .expect("allow");
-        }
-        pending = group.read_events(&mut buf).expect("read");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(reader.join().expect("join").expect("read"), "early");
+    assert_eq!(
+        allow_until_done(&group, &mut buf, first, reader).expect("read"),
+        "early"
+    );
 
     fs.remount().expect("unmount and mount again");
     assert!(
