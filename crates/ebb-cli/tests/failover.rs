@@ -393,7 +393,7 @@ fn kill_9_mid_read_the_reader_waits_and_gets_exact_bytes() {
         assert!(*events >= 1 && *denied == 0, "{}", fix.env.log());
     }
     fix.stop(pid2);
-    assert!(fix.keeper_gone_within(Duration::from_secs(10)));
+    assert!(fix.keeper_pid().is_some(), "the keeper outlives a stop");
 }
 
 /// 1b. A SIGKILL that lands while a fill worker has written a chunk but not
@@ -486,8 +486,8 @@ fn a_crash_at_each_point_is_redriven_with_exact_bytes() {
         assert_eq!(status["resident_bytes"], data.len(), "{point}: {status}");
         fix.stop(pid);
         assert!(
-            fix.keeper_gone_within(Duration::from_secs(10)),
-            "{point}: the keeper outlived a clean stop"
+            fix.keeper_pid().is_some(),
+            "{point}: the keeper did not outlive a stop"
         );
         // Released again at the top of the loop: a file a crash left
         // "modified" (see 1b) would be refused there; re-archive it.
@@ -541,7 +541,7 @@ fn replace_while_readers_read(hold_catalog: bool) {
     drop(held);
     assert!(fix.env.log().contains("handed over"), "{}", fix.env.log());
     fix.stop(old);
-    assert!(fix.keeper_gone_within(Duration::from_secs(10)));
+    assert!(fix.keeper_pid().is_some(), "the keeper outlives a stop");
 }
 
 /// 3, as a user runs it.
@@ -580,7 +580,8 @@ fn replace_with_no_daemon_running_starts_one() {
     assert_ne!(again, pid);
     assert_reads(&path, &data);
     fix.stop(again);
-    assert!(fix.keeper_gone_within(Duration::from_secs(10)));
+    // A stop pauses: the keeper stays for the next daemon.
+    assert!(fix.keeper_pid().is_some(), "the keeper outlives a stop");
 }
 
 /// 4. Releasing a file while the daemon is dead and the keeper holds the
@@ -712,10 +713,14 @@ fn a_pending_event_of_a_deleted_file_does_not_stop_the_next_daemon() {
     fix.stop(pid);
 }
 
-/// 6. A clean stop (SIGTERM) leaves no keeper for the tree, fresh or after
-///    a takeover, and nothing in the tree waits for a daemon any more.
+/// 6. A clean stop (SIGTERM, as `systemctl stop` and `restart` send)
+///    pauses: the keeper keeps the group and the mark, a reader that opens
+///    a stub in the gap waits, and the next daemon gives it the exact
+///    bytes (before, the mark went with the daemon and the reader got
+///    zeros). `ebb unserve` takes the tree out of service only once no
+///    file is a stub; then the keeper is gone and nothing waits.
 #[test]
-fn sigterm_stops_the_keeper_and_nothing_waits_after() {
+fn sigterm_pauses_readers_wait_and_unserve_ends_it() {
     ebb::require_root!();
     let fix = Fix::new(300);
     let plain_data = random_bytes(MIB + 1);
@@ -724,37 +729,109 @@ fn sigterm_stops_the_keeper_and_nothing_waits_after() {
     let data = random_bytes(2 * MIB);
     let (path, _) = fix.env.released_file("stub.bin", &data);
 
-    // A fresh daemon and its keeper.
+    for round in [
+        "a fresh daemon",
+        "a daemon that took over from a paused one",
+    ] {
+        let pid = fix.start();
+        let keeper = fix
+            .keeper_pid()
+            .expect("a keeper runs while the daemon does");
+        fix.stop(pid);
+        assert_eq!(
+            fix.keeper_pid(),
+            Some(keeper),
+            "{round}: the keeper outlives a clean stop"
+        );
+        // Opened and read while nothing serves: it must wait, not read
+        // the holes.
+        let mut reader = Command::new("timeout");
+        reader.arg("120").arg("cat").arg(&path);
+        reader.stdout(Stdio::piped()).stdin(Stdio::null());
+        let mut reader = KillOnDrop::spawn(&mut reader);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            reader.0.try_wait().expect("try_wait").is_none(),
+            "{round}: a read of a stub after a clean stop did not wait"
+        );
+        let pid = fix.start();
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(reader.0.stdout.as_mut().expect("stdout"), &mut out)
+            .expect("reading cat's output");
+        assert!(
+            reader.0.wait().expect("wait").success(),
+            "{round}: cat failed"
+        );
+        assert_same(&out, &data, &format!("{round}: the read that waited"));
+        assert_eq!(
+            fix.keeper_pid(),
+            Some(keeper),
+            "{round}: the same keeper serves on"
+        );
+        // The reader's fill made the file resident: release it again.
+        fix.stop(pid);
+        assert_eq!(fix.env.release(&path)["result"], "released", "{round}");
+    }
+
+    // Out of service: refused while a stub remains, and nothing changes.
     let pid = fix.start();
-    let keeper = fix
-        .keeper_pid()
-        .expect("a keeper runs while the daemon does");
-    fix.stop(pid);
+    let refused = fix
+        .ebb_within(
+            COMMAND_TIMEOUT,
+            &[OsStr::new("unserve"), fix.env.root.as_os_str()],
+        )
+        .fails();
+    assert!(
+        refused.stderr.contains("released or partial") && refused.stderr.contains("stub.bin"),
+        "unserve with a stub: {}",
+        refused.stderr
+    );
+    assert!(alive(pid), "a refused unserve stopped the daemon");
+    fix.env.restore(&path);
+    let done = fix
+        .ebb_within(
+            COMMAND_TIMEOUT,
+            &[
+                OsStr::new("unserve"),
+                OsStr::new("--json"),
+                fix.env.root.as_os_str(),
+            ],
+        )
+        .ok()
+        .json1();
+    assert_eq!(done["result"], "unserved", "{done}");
+    assert_eq!(done["daemon_pid"], pid, "{done}");
+    assert!(!alive(pid), "the daemon outlived unserve");
     assert!(
         fix.keeper_gone_within(Duration::from_secs(10)),
-        "keeper {keeper} outlived a clean stop"
+        "the keeper outlived unserve"
     );
     assert!(!fix.keeper_socket().exists(), "the keeper left its socket");
+    let again = fix
+        .ebb_within(
+            COMMAND_TIMEOUT,
+            &[
+                OsStr::new("unserve"),
+                OsStr::new("--json"),
+                fix.env.root.as_os_str(),
+            ],
+        )
+        .ok()
+        .json1();
+    assert_eq!(again["result"], "unchanged", "{again}");
 
-    // A daemon that took the group over from a dead one.
-    let pid = fix.start();
-    kill9(pid);
-    let keeper = fix.keeper_pid().expect("the keeper outlives a SIGKILL");
-    let pid = fix.start();
-    assert_eq!(fix.keeper_pid(), Some(keeper), "the same keeper serves on");
+    // Nothing waits any more: a plain file and the restored one read at once.
+    assert_reads(&plain, &plain_data);
     assert_reads(&path, &data);
-    fix.stop(pid);
+    // And nothing would serve a stub: release refuses.
+    let refused = fix
+        .ebb_within(COMMAND_TIMEOUT, &[OsStr::new("release"), path.as_os_str()])
+        .fails();
     assert!(
-        fix.keeper_gone_within(Duration::from_secs(10)),
-        "keeper {keeper} outlived a clean stop after a takeover"
+        refused.stderr.contains("nothing serves"),
+        "{}",
+        refused.stderr
     );
-    assert!(!fix.keeper_socket().exists(), "the keeper left its socket");
-
-    // A plain file, never read under a mark, reads at once.
-    let mut cmd = Command::new("timeout");
-    cmd.arg("5").arg("cat").arg(&plain).stdin(Stdio::null());
-    let run = run_cmd(&mut cmd, Duration::from_secs(30)).ok();
-    assert_same(&run.stdout, &plain_data, "cat of a plain file");
 }
 
 /// An exec of a released binary whose first event the daemon read and died

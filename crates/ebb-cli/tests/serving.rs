@@ -260,3 +260,211 @@ fn a_tree_with_a_copied_id_does_not_take_the_other_trees_group() {
     assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
     assert_reads(&path, &data);
 }
+
+/// A service manager's notification socket, as systemd gives a
+/// `Type=notify` unit: a datagram socket whose messages may carry fds.
+struct Manager {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl Manager {
+    fn new() -> Manager {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind NOTIFY_SOCKET");
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .expect("timeout");
+        Manager {
+            _dir: dir,
+            path,
+            socket,
+        }
+    }
+
+    /// The next message and the fds it carried; panics after a minute,
+    /// showing `log`.
+    fn next(&self, log: &std::path::Path) -> (String, Vec<std::os::fd::OwnedFd>) {
+        let mut buf = vec![0u8; 4096];
+        let (n, fds) =
+            ebb::sys::socket::recv_with_fds(&self.socket, &mut buf, 16).unwrap_or_else(|e| {
+                panic!(
+                    "no notification ({e}); the daemon's log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            });
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), fds)
+    }
+
+    /// Messages up to and including the one with `line`; the fds stored
+    /// on the way, by `FDNAME`.
+    fn until(
+        &self,
+        line: &str,
+        log: &std::path::Path,
+    ) -> (Vec<String>, Vec<(String, std::os::fd::OwnedFd)>) {
+        let (mut seen, mut stored) = (Vec::new(), Vec::new());
+        loop {
+            let (msg, fds) = self.next(log);
+            let lines: Vec<&str> = msg.lines().collect();
+            if lines.contains(&"FDSTORE=1") {
+                let name = lines
+                    .iter()
+                    .find_map(|l| l.strip_prefix("FDNAME="))
+                    .unwrap_or_else(|| panic!("FDSTORE=1 without FDNAME: {msg:?}"));
+                assert!(lines.contains(&"FDPOLL=0"), "{msg:?}");
+                assert_eq!(fds.len(), 1, "{msg:?}");
+                stored.extend(fds.into_iter().map(|fd| (name.to_string(), fd)));
+            }
+            let done = lines.contains(&line);
+            seen.push(msg);
+            if done {
+                return (seen, stored);
+            }
+        }
+    }
+}
+
+/// 17.9. Under a service manager the daemon says `READY=1` once it
+/// serves, having put its group (and the files that go with it) in the
+/// manager's fd store first. With daemon and keeper both SIGKILLed, a
+/// reader of a stub waits on the group the manager holds, and a daemon
+/// started with those fds (`LISTEN_FDS`/`LISTEN_FDNAMES`, as systemd
+/// restarts a unit) gives it the exact bytes. Taking the tree out of
+/// service removes them from the store. Before: no notifications at all,
+/// and killing both handed the reader zeros.
+#[test]
+fn the_service_managers_fd_store_outlives_keeper_and_daemon() {
+    use std::os::fd::AsRawFd;
+    use std::process::{Command, Stdio};
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = random_bytes(3 << 20);
+    let path = env.path("stub.bin");
+    write_file(&path, &data);
+    env.archive(&path);
+    let manager = Manager::new();
+    let log1 = manager.path.with_file_name("first.log");
+    let mut first = ebb_command();
+    first
+        .arg("daemon")
+        .arg(&env.root)
+        .env("NOTIFY_SOCKET", &manager.path)
+        .env_remove("EBB_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log1).expect("log file"));
+    let mut first = KillOnDrop::spawn(&mut first);
+    let (seen, stored) = manager.until("READY=1", &log1);
+    let mut names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["fills", "group", "inflight", "tree"], "{seen:?}");
+    assert!(
+        seen.last().is_some_and(|m| m.contains("STATUS=serving ")),
+        "{seen:?}"
+    );
+    assert_eq!(env.release(&path)["result"], "released");
+
+    // Daemon and keeper die: only the manager holds the group.
+    let keeper = env.keeper().expect("a keeper").pid().expect("its pid");
+    kill9(first.0.id() as i32);
+    let _ = first.0.wait();
+    kill9(keeper as i32);
+    let mut reader = Command::new("timeout");
+    reader
+        .arg("120")
+        .arg("cat")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut reader = KillOnDrop::spawn(&mut reader);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        reader.0.try_wait().expect("try_wait").is_none(),
+        "with daemon and keeper dead, a read of a stub did not wait"
+    );
+
+    // Started again as systemd starts a unit that has an fd store: the
+    // fds at 3, 4, … named in LISTEN_FDNAMES, LISTEN_PID its own pid.
+    let moved: Vec<(String, std::os::fd::OwnedFd)> = stored
+        .into_iter()
+        .map(|(name, fd)| {
+            let fd = ebb::sys::fdtable::move_above(fd, 100).expect("dup");
+            nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .expect("inheritable");
+            (name, fd)
+        })
+        .collect();
+    let redirects: Vec<String> = moved
+        .iter()
+        .enumerate()
+        .map(|(i, (_, fd))| format!("{}<&{}", 3 + i, fd.as_raw_fd()))
+        .collect();
+    let fdnames: Vec<&str> = moved.iter().map(|(n, _)| n.as_str()).collect();
+    let log = manager.path.with_file_name("second.log");
+    let mut second = Command::new("bash");
+    second
+        .arg("-c")
+        .arg(format!(
+            "LISTEN_PID=$$ LISTEN_FDS={} LISTEN_FDNAMES={} exec \"$0\" daemon \"$1\" {}",
+            moved.len(),
+            fdnames.join(":"),
+            redirects.join(" ")
+        ))
+        .arg(EBB)
+        .arg(&env.root)
+        .env("NOTIFY_SOCKET", &manager.path)
+        .env(ebb::rundir::ENV, env.run.path())
+        .env_remove("EBB_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let second = KillOnDrop::spawn(&mut second);
+    for (_, fd) in &moved {
+        let _ = nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+    let (seen, _) = manager.until("READY=1", &log);
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(reader.0.stdout.as_mut().expect("stdout"), &mut out)
+        .expect("reading cat's output");
+    assert!(reader.0.wait().expect("wait").success(), "cat failed");
+    assert_same(&out, &data, "the read that waited on the manager's fds");
+    let said = std::fs::read_to_string(&log).expect("the second daemon's log");
+    assert!(
+        said.contains("took the group back from the service manager's fd store"),
+        "{seen:?}\n{said}"
+    );
+
+    // Out of service: the store is emptied.
+    let done = ebb([
+        OsStr::new("unserve"),
+        OsStr::new("--json"),
+        env.root.as_os_str(),
+    ])
+    .ok()
+    .json1();
+    assert_eq!(done["result"], "unserved", "{done}");
+    let mut removed = Vec::new();
+    while removed.len() < 4 {
+        let (msg, _) = manager.next(&log);
+        if msg.lines().any(|l| l == "FDSTOREREMOVE=1") {
+            removed.extend(
+                msg.lines()
+                    .filter_map(|l| l.strip_prefix("FDNAME="))
+                    .map(String::from),
+            );
+        }
+    }
+    removed.sort();
+    assert_eq!(removed, ["fills", "group", "inflight", "tree"]);
+    drop(moved);
+    drop(second);
+}

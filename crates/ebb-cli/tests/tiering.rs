@@ -438,15 +438,21 @@ fn truncate_shrink_then_grow_reads_zeros() {
     assert_reads(&path, &want);
 }
 
-/// 5e. A released file written while no daemon ran is modified: once a
-///     daemon serves it, the written bytes are not overwritten with the
-///     archived ones, status still says modified, and release refuses.
+/// 5e. A released file written while nothing served it (daemon and
+///     keeper gone: a reboot) is modified: once a daemon serves it, the
+///     written bytes are not overwritten with the archived ones, status
+///     still says modified, and release refuses. (While only the daemon
+///     is stopped, the write waits for the next one instead.)
 #[test]
 fn write_while_no_daemon_is_not_undone() {
     ebb::require_root!();
     let env = Env::new(300);
     let data = random_bytes(MIB);
     let (path, _) = env.released_file("offline-write.bin", &data);
+    env.keeper()
+        .expect("a stopped daemon leaves its keeper")
+        .stop()
+        .expect("stopping it");
     sh(
         "printf HELLOWORLD | timeout 30 dd of=\"$1\" bs=1 seek=500000 conv=notrunc status=none",
         &[path.as_os_str()],

@@ -186,6 +186,32 @@ impl Tree {
         self.state_dir().join("daemon.log")
     }
 
+    /// Hold the tree's service lock: shared while files become stubs
+    /// (`release`), exclusive while the tree goes out of service
+    /// (`unserve`), so no stub is made that nothing would serve. Waits.
+    pub fn service_lock(&self, exclusive: bool) -> Result<nix::fcntl::Flock<std::fs::File>> {
+        let path = self.state_dir().join("service.lock");
+        // Opened read-only once it exists: closing it then raises no
+        // FAN_CLOSE_WRITE for the daemon to hear.
+        let file = match std::fs::File::open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path),
+            other => other,
+        }
+        .with_context(|| format!("opening {}", path.display()))?;
+        let how = if exclusive {
+            nix::fcntl::FlockArg::LockExclusive
+        } else {
+            nix::fcntl::FlockArg::LockShared
+        };
+        nix::fcntl::Flock::lock(file, how)
+            .map_err(|(_, e)| e)
+            .with_context(|| format!("locking {}", path.display()))
+    }
+
     pub fn catalog(&self) -> Result<Catalog> {
         Catalog::open(&self.catalog_path())
     }

@@ -525,6 +525,48 @@ impl Catalog {
         }
     }
 
+    /// Files whose archived content is not all on disk (released or
+    /// partial): how many, and the paths of the first `limit`.
+    pub fn not_resident(&self, limit: usize) -> Result<(u64, Vec<PathBuf>)> {
+        let (mut count, mut first) = (0u64, Vec::new());
+        self.for_each_not_resident(|path, _| {
+            count += 1;
+            if first.len() < limit {
+                first.push(path.to_path_buf());
+            }
+            Ok(())
+        })?;
+        Ok((count, first))
+    }
+
+    /// Call `f` with the path and handle of every file whose archived
+    /// content is not all on disk, in path order.
+    pub fn for_each_not_resident(
+        &self,
+        mut f: impl FnMut(&Path, &FileHandle) -> Result<()>,
+    ) -> Result<()> {
+        let mut stmt = self.conn.prepare(
+            "SELECT f.path, f.handle, f.resident, length(v.manifest) FROM files f
+             JOIN versions v ON v.id = f.version_id ORDER BY f.path",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let path = PathBuf::from(r.get::<_, String>(0)?);
+            let chunks = (r.get::<_, i64>(3)? as usize).saturating_sub(1) / MANIFEST_ENTRY;
+            let resident =
+                Residency::from_bytes(&r.get::<_, Vec<u8>>(2)?, chunks).with_context(|| {
+                    format!(
+                        "catalog entry {} has a damaged residency map",
+                        path.display()
+                    )
+                })?;
+            if !resident.is_complete() {
+                f(&path, &r.get::<_, String>(1)?.parse()?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Number of managed files.
     pub fn count_files(&self) -> Result<u64> {
         let n: i64 = self

@@ -36,8 +36,9 @@ It also takes point-in-time snapshots of big files in use (ebb snapshot,
 ebb changed-ranges, ebb track) and keeps a journal of every change under
 the tree (ebb changes, and git's fsmonitor hook).
 
-Released files read as zeros while no daemon serves their tree: start the
-daemon before programs use them.";
+Readers of released files wait while the daemon is stopped or restarting
+(its keeper holds their requests) and go on once it serves again; `ebb
+unserve` takes a tree out of service once every file is back on disk.";
 
 #[derive(Parser, Debug)]
 #[command(name = "ebb", version, about = ABOUT, long_about = LONG_ABOUT)]
@@ -89,6 +90,13 @@ enum Command {
     /// (EBB_LOG sets the level, e.g. EBB_LOG=debug). With --background it
     /// returns once the daemon serves, logging to ROOT/.ebb/daemon.log.
     ///
+    /// SIGTERM pauses rather than ends: readers of released files wait
+    /// (its keeper holds their requests) until a daemon serves the tree
+    /// again; `ebb unserve ROOT` ends service. Under systemd (NOTIFY_SOCKET)
+    /// it says READY=1 once it serves, and keeps its kernel handles in the
+    /// unit's fd store, taking them back from LISTEN_FDS when its keeper
+    /// is gone.
+    ///
     /// Files that last as long as a boot (the keeper's socket, lock and
     /// log, the record of the filesystem mark, snapshot progress) go to
     /// /run/ebb, or to the directory EBB_RUN_DIR names; it is made (mode
@@ -114,6 +122,26 @@ enum Command {
         /// Internal: the child of --background reports readiness on stdout.
         #[arg(long, hide = true)]
         notify_ready: bool,
+    },
+    /// Take a tree out of service: its daemon stops, and nothing holds
+    /// readers back any more.
+    ///
+    /// A daemon stopped by SIGTERM (or `systemctl stop`) leaves the tree
+    /// served: its keeper holds the kernel's requests, and readers of
+    /// released files wait until a daemon runs again. `unserve` is for
+    /// when none will. Refused while any file of the tree is released or
+    /// partial (`ebb restore -r ROOT` brings them back), while a snapshot
+    /// runs, and while only a keeper holds the tree (start its daemon
+    /// first). A tree nothing serves is left as it is.
+    ///
+    /// With --json: root, result ("unserved" or "unchanged"), stopped,
+    /// daemon_pid.
+    Unserve {
+        /// Root of the managed tree.
+        root: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Hold a daemon's kernel handles across its crashes (started by the
     /// daemon itself; not for direct use).
@@ -356,6 +384,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             force,
             json,
         } => snapshot::snapshot(&src, &dst, force, json),
+        Command::Unserve { root, json } => {
+            let tree = Tree::open(&root)?;
+            let done = crate::daemon::unserve(&tree)?;
+            let shown = tree.root().display();
+            if json {
+                let mut v = serde_json::to_value(&done)?;
+                v["root"] = serde_json::json!(tree.root());
+                v["result"] = serde_json::json!(if done.stopped {
+                    "unserved"
+                } else {
+                    "unchanged"
+                });
+                println!("{v}");
+            } else if let Some(pid) = done.daemon_pid {
+                println!("{shown} is out of service: its daemon (pid {pid}) and keeper stopped");
+            } else {
+                println!("{shown}: nothing serves it; nothing to do");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keeper { socket } => {
             crate::failover::keeper::keeper_main(&socket)?;
             Ok(ExitCode::SUCCESS)

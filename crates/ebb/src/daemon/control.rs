@@ -37,6 +37,11 @@ pub enum Request {
     /// Stop reading events, answer those read, then exit leaving the group
     /// with the keeper: a new daemon is taking over. Answered once done.
     Handover,
+    /// Take the tree out of service (`ebb unserve`): refused while a
+    /// snapshot runs; otherwise lift the mark, answer every queued event,
+    /// stop the keeper and exit. Answered once done. The caller has made
+    /// sure no file is a stub.
+    Unserve,
     /// Start a snapshot (`ebb snapshot`), or report on the one to `dst`.
     Snapshot(crate::snapshot::start::Request),
     /// How far the snapshot to `dst` is.
@@ -221,36 +226,88 @@ pub fn hand_over(tree: &Tree) -> Result<()> {
     };
     call(&connect(tree, pid)?, &Request::Handover, None)
         .with_context(|| format!("asking the daemon (pid {pid}) to hand over"))?;
+    wait_for_exit(tree, pid, "hand over")
+}
+
+/// Ask the daemon `pid` serving `tree` to take the tree out of service
+/// (see [`Request::Unserve`]) and wait until it has exited.
+pub fn unserve(tree: &Tree, pid: u32) -> Result<()> {
+    call(&connect(tree, pid)?, &Request::Unserve, None).with_context(|| {
+        format!("asking the daemon (pid {pid}) to take the tree out of service")
+    })?;
+    wait_for_exit(tree, pid, "stop")
+}
+
+/// Wait until the daemon `pid`, which agreed to `what`, has let go of the
+/// tree's lock.
+fn wait_for_exit(tree: &Tree, pid: u32, what: &str) -> Result<()> {
     let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
     while daemon_pid(tree)?.is_some() {
         if std::time::Instant::now() > deadline {
-            bail!("the daemon (pid {pid}) agreed to hand over but has not exited");
+            bail!("the daemon (pid {pid}) agreed to {what} but has not exited");
         }
         std::thread::sleep(Duration::from_millis(2));
     }
     Ok(())
 }
 
-/// With no daemon running, a keeper may still hold the group (the daemon
-/// crashed): its ignore mark on `file` must go all the same, or the stub
-/// would read as zeros once a daemon serves again.
-fn forget_in_kept_group(tree: &Tree, file: &File) -> Result<bool> {
+/// The group a keeper holds for `tree` while no daemon runs (it was
+/// stopped, or crashed); `None` when nothing serves the tree.
+fn kept_group(tree: &Tree) -> Result<Option<crate::sys::fanotify::Group>> {
     use crate::failover::keeper::{socket_path, KeeperClient};
     let Some(keeper) = KeeperClient::connect(&socket_path(&tree.config().id))? else {
-        return Ok(false);
+        return Ok(None);
     };
-    for (name, fd) in keeper.get()? {
-        if name == "group" {
-            let group = crate::sys::fanotify::Group::from_owned(fd);
-            // The next daemon serves the stub from the kept group: it must
-            // be marked (a tree with nothing archived may not be yet).
-            super::mark::place_in_kept_group(&group, tree)?;
+    Ok(keeper
+        .get()?
+        .into_iter()
+        .find(|(name, _)| name == "group")
+        .map(|(_, fd)| crate::sys::fanotify::Group::from_owned(fd)))
+}
+
+/// `file` was made all resident while no daemon ran (`ebb restore`): in
+/// the group a keeper holds, its readers stop waiting for a daemon (its
+/// mark as a stub goes, and it is silenced until written, as the daemon
+/// silences a resident file it served). Nothing to do without a keeper.
+pub fn resident_in_kept_group(tree: &Tree, file: &File) -> Result<()> {
+    if daemon_pid(tree)?.is_some() {
+        return Ok(()); // the daemon finds it resident in the catalog
+    }
+    let Some(group) = kept_group(tree)? else {
+        return Ok(());
+    };
+    use crate::sys::fanotify::FAN_PRE_ACCESS;
+    group
+        .unmark_inode(file.as_fd(), FAN_PRE_ACCESS)
+        .context("unmarking the restored file in the kept group")?;
+    group
+        .add_ignore_until_modified(file.as_fd(), FAN_PRE_ACCESS | libc::FAN_MODIFY, true)
+        .context("silencing the restored file in the kept group")?;
+    Ok(())
+}
+
+/// With no daemon running, a keeper may still hold the group (the daemon
+/// crashed or was stopped): its ignore mark on `file` must go all the
+/// same, or the stub would read as zeros once a daemon serves again.
+fn forget_in_kept_group(tree: &Tree, file: &File) -> Result<bool> {
+    match kept_group(tree)? {
+        None => Ok(false),
+        Some(group) => {
+            // Its readers wait for the next daemon: the filesystem may not
+            // be marked (a paused daemon lifted its mark, a tree with
+            // nothing archived was only armed), so the stub is marked
+            // itself, as a pausing daemon marks every stub. Nobody can
+            // open it meanwhile (the release holds new opens).
+            group
+                .mark_inode(file.as_fd(), crate::sys::fanotify::FAN_PRE_ACCESS)
+                .context("marking the stub in the kept group")?;
+            super::mark::FsMark::disarm_kept(&group, tree)?;
             group
                 .remove_ignore(file.as_fd(), super::WATCHED)
                 .context("removing the ignore mark in the kept group")?;
+            Ok(true)
         }
     }
-    Ok(true)
 }
 
 /// Ask the daemon serving `tree` to take (or report on) a snapshot.

@@ -48,7 +48,10 @@ impl FsMark {
     /// Arm the filesystem of `tree` in `group`, or keep what the group
     /// already has on it: a kept group's record is believed only as far as
     /// the kernel still lists its mark on the filesystem mounted now.
-    pub fn arm(group: &Group, tree: &Tree, fresh_group: bool) -> Result<FsMark> {
+    /// `serve`: the tree has something to serve, so the real mark goes in
+    /// now, never an arming mark first: an arming mark's ignore mask would
+    /// silence the inode marks a paused daemon put on its stubs.
+    pub fn arm(group: &Group, tree: &Tree, fresh_group: bool, serve: bool) -> Result<FsMark> {
         let root = tree.root().to_path_buf();
         let record = record_path(&tree.config().id);
         let recorded = if fresh_group {
@@ -88,9 +91,32 @@ impl FsMark {
                 );
                 mark.place(group)?;
             }
+            // Placed below, never armed first.
+            _ if serve => {}
             _ => mark.arm_now(group)?,
         }
+        if serve {
+            mark.place(group)?;
+        }
         Ok(mark)
+    }
+
+    /// In a kept `group` (no daemon runs), a stub was just marked on its
+    /// own: an arming mark's ignore mask would silence that mark, so it
+    /// goes (and its record with it). A real mark stays.
+    pub fn disarm_kept(group: &Group, tree: &Tree) -> Result<()> {
+        let mark = FsMark {
+            root: tree.root().to_path_buf(),
+            record: record_path(&tree.config().id),
+            state: State::None,
+        };
+        if let Listed::Armed = mark.listed(group)? {
+            group
+                .disarm_filesystem(&mark.root, FAN_PRE_ACCESS)
+                .context("lifting the arming mark of the kept group")?;
+            let _ = std::fs::remove_file(&mark.record);
+        }
+        Ok(())
     }
 
     fn arm_now(&mut self, group: &Group) -> Result<()> {
@@ -199,15 +225,6 @@ enum Listed {
     Nothing,
     Armed,
     Marked,
-}
-
-/// Mark the filesystem of `tree` in a kept `group` while no daemon runs
-/// (`ebb release` with only a keeper): the next daemon serves the stub
-/// from it.
-pub fn place_in_kept_group(group: &Group, tree: &Tree) -> Result<()> {
-    let mut mark = FsMark::arm(group, tree, false)?;
-    mark.place(group)?;
-    Ok(())
 }
 
 pub fn record_path(tree_id: &str) -> PathBuf {

@@ -8,19 +8,24 @@
 //! owns all state; fill workers and control connections talk to it through
 //! channels and wake it with an eventfd.
 //!
-//! On SIGTERM or SIGINT the daemon removes its mark, answers every event it
-//! has read or that is still queued, and exits. Until a daemon runs again
-//! released files read as zeros: failover (a keeper holding the group
-//! across restarts) is what closes that gap.
+//! On SIGTERM or SIGINT the daemon pauses: it marks every stub on its own
+//! and lifts the filesystem mark (`Populator::narrow_to_stubs`), answers
+//! what it read and what was queued, and exits leaving the group with the
+//! keeper: a reader of a stub waits for the next daemon, as after a crash,
+//! and never reads zeros; nothing else waits. Taking a tree out of service is a request of its own
+//! (`ebb unserve`, [`Request::Unserve`]): the mark goes, every queued event
+//! is answered, the keeper stops; it is refused while a stub remains.
 
 pub mod control;
 mod fill;
 mod mark;
 mod populate;
 mod snapshots;
+mod unserve;
 
 pub use populate::{Stats, WATCHED};
 pub use snapshots::monotonic_ns;
+pub use unserve::{unserve, Unserved};
 
 use std::fs::File;
 use std::io::Write;
@@ -39,7 +44,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::failover::fills::MAX_WORKERS;
 use crate::failover::takeover;
 use crate::sys::fanotify::Group;
-use crate::sys::fdtable;
+use crate::sys::{fdtable, systemd};
 use crate::tree::Tree;
 use control::{Incoming, Request};
 use populate::{FillDone, Populator, READ_AHEAD_CHUNKS};
@@ -119,10 +124,8 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     // Every file opened from here on can be intercepted; files that may
     // need it (archived ones to release, tracked ones to snapshot) raise
     // events from the start.
-    let mut fs_mark = mark::FsMark::arm(&group, tree, fresh)?;
-    if tree.config().mark_at_start || archived > 0 || catalog.count_tracked()? > 0 {
-        fs_mark.place(&group)?;
-    }
+    let serve = tree.config().mark_at_start || archived > 0 || catalog.count_tracked()? > 0;
+    let fs_mark = mark::FsMark::arm(&group, tree, fresh, serve)?;
 
     let wake = Arc::new(EventFd::from_value_and_flags(
         0,
@@ -221,6 +224,11 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     if let Some(ready) = opts.on_ready {
         ready();
     }
+    // Under systemd (Type=notify): services ordered after this unit start
+    // now, when released files are served.
+    if let Err(e) = systemd::notify_ready(&format!("serving {}", tree.root().display())) {
+        tracing::warn!("telling the service manager the daemon is ready: {e}");
+    }
     let channels = Channels {
         fills: done_rx,
         control: ctl_rx,
@@ -229,20 +237,49 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     };
     let result = event_loop(&mut populator, &sigfd, &wake, &channels);
     let _ = std::fs::remove_file(&socket);
-    match &result {
-        // A clean stop: nothing is pending, so the group may close; the
-        // keeper has nothing left to keep.
-        Ok(Stopped::Clean) => {
-            if let Err(e) = keeper.stop() {
-                tracing::warn!("stopping the keeper: {e:#}");
+    let stopped = result?;
+    let _ = systemd::notify_stopping(match stopped {
+        Stopped::Unserved(_) => "taking the tree out of service",
+        Stopped::Paused => "paused: readers of released files wait for the next start",
+        Stopped::HandedOver => "handing over to the next daemon",
+    });
+    match stopped {
+        Stopped::Unserved(request) => {
+            // Or systemd would keep the group and hand it to the next start.
+            for name in takeover::KEPT_NAMES {
+                if let Err(e) = systemd::remove_fds(name) {
+                    tracing::warn!("removing {name} from the service manager's fd store: {e}");
+                }
             }
+            // Nothing is pending and nothing is a stub: the group may close.
+            let stopped = keeper
+                .stop()
+                .map_err(|e| format!("stopping the keeper: {e:#}"));
+            if let Err(e) = &stopped {
+                tracing::warn!("{e}");
+            }
+            answer_and_wait(request, stopped.map(|()| serde_json::json!({})));
+            tracing::info!("out of service: mark lifted, keeper stopped");
         }
-        // The next daemon takes the group from the keeper.
-        Ok(Stopped::HandedOver) => tracing::info!("handed over to the next daemon"),
-        Err(_) => {}
+        Stopped::Paused => tracing::info!(
+            "paused: the keeper holds the tree's events until a daemon serves it again"
+        ),
+        Stopped::HandedOver => tracing::info!("handed over to the next daemon"),
     }
     tracing::info!("stopped; counters: {:?}", populator.stats());
-    result.map(|_| ())
+    Ok(())
+}
+
+/// Answer `request` and wait (a bounded time) until the answer is
+/// written: exiting first would leave its caller without one.
+fn answer_and_wait(request: Incoming, answer: Result<serde_json::Value, String>) {
+    let _ = request.reply.send(answer.map(Into::into));
+    if request.written.recv_timeout(HANDOVER_WRITE).is_err() {
+        tracing::warn!(
+            "the answer to {:?} was not written; exiting all the same",
+            request.request
+        );
+    }
 }
 
 /// How long a handing-over daemon waits for its answer to be written.
@@ -250,11 +287,44 @@ const HANDOVER_WRITE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How the loop ended.
 enum Stopped {
-    /// SIGTERM/SIGINT: mark removed, every event answered.
-    Clean,
-    /// `--replace`: stopped reading, answered what it had read; the queue
-    /// and the group stay for the next daemon.
+    /// `ebb unserve`: mark removed, every event answered; the request is
+    /// answered once the keeper has stopped.
+    Unserved(Incoming),
+    /// SIGTERM/SIGINT: stubs marked, what was read and queued answered;
+    /// the group stays with the keeper, so readers of stubs wait for the
+    /// next daemon.
+    Paused,
+    /// `--replace`: as paused, and the next daemon is already waiting.
     HandedOver,
+}
+
+/// Why the loop is coming to an end.
+enum Ending {
+    /// SIGTERM. `narrowed`: only stubs are marked now, so what is queued is
+    /// answered (readers of stubs are served) until the queue is empty or
+    /// `until`; otherwise nothing more is read.
+    Pause {
+        narrowed: bool,
+        until: std::time::Instant,
+    },
+    HandOver(Incoming),
+    Unserve(Incoming),
+}
+
+/// How long a pausing daemon goes on answering what was queued before its
+/// filesystem mark went; what is left waits for the next daemon.
+const PAUSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Ending {
+    /// Whether events are still read: to answer, with the filesystem mark
+    /// gone, what was queued under it.
+    fn reads(&self) -> bool {
+        match self {
+            Ending::Pause { narrowed, until } => *narrowed && std::time::Instant::now() < *until,
+            Ending::HandOver(_) => false,
+            Ending::Unserve(_) => true,
+        }
+    }
 }
 
 /// Put non-evictable ignore marks (for `mask`) on the files in `.ebb/`:
@@ -331,13 +401,12 @@ fn event_loop(
     wake: &EventFd,
     channels: &Channels,
 ) -> Result<Stopped> {
-    let mut stopping = false;
-    let mut handover: Option<Incoming> = None;
+    let mut ending: Option<Ending> = None;
     loop {
-        // While handing over, nothing new is read: the queue is the next
-        // daemon's. While the in-flight table is full, reading waits for
-        // answers (the kernel queues meanwhile).
-        let read = handover.is_none() && populator.can_read();
+        // Pausing or handing over, nothing new is read: the queue is the
+        // next daemon's. While the in-flight table is full, reading waits
+        // for answers (the kernel queues meanwhile).
+        let read = ending.as_ref().is_none_or(Ending::reads) && populator.can_read();
         let mut fds = vec![
             PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
             PollFd::new(wake.as_fd(), PollFlags::POLLIN),
@@ -345,10 +414,10 @@ fn event_loop(
         if read {
             fds.push(PollFd::new(populator.group().as_fd(), PollFlags::POLLIN));
         }
-        // Stopping, the loop must come round to see the queue empty even
+        // Ending, the loop must come round to see the queue empty even
         // when nothing else happens (the last read returned events, all
         // answered at once, and the mark is gone: no event will wake it).
-        let timeout = if stopping {
+        let timeout = if ending.is_some() {
             PollTimeout::from(10u8)
         } else {
             PollTimeout::NONE
@@ -359,14 +428,15 @@ fn event_loop(
         }
         drop(fds);
         if let Ok(Some(sig)) = sigfd.read_signal() {
-            if !stopping {
+            if ending.is_none() {
                 tracing::info!(
-                    "signal {}: finishing what was asked, then stopping",
+                    "signal {}: answering what was read, then pausing (readers of stubs wait for the next daemon)",
                     sig.ssi_signo
                 );
-                stopping = true;
-                // No new events from here on; the queued ones are served.
-                populator.lift_mark();
+                ending = Some(Ending::Pause {
+                    narrowed: populator.narrow_to_stubs(),
+                    until: std::time::Instant::now() + PAUSE_DRAIN,
+                });
             }
         }
         let mut queue_empty = true;
@@ -398,27 +468,46 @@ fn event_loop(
             on_snapshot_msg(populator, msg);
         }
         while let Ok(incoming) = channels.control.try_recv() {
-            if let Request::Handover = incoming.request {
-                tracing::info!("handing over: no more reads; finishing what was read");
-                handover = Some(incoming);
-            } else {
-                serve_request(populator, &channels.journal, incoming);
+            match incoming.request {
+                Request::Handover if ending.is_none() => {
+                    tracing::info!("handing over: no more reads; finishing what was read");
+                    ending = Some(Ending::HandOver(incoming));
+                }
+                Request::Unserve if ending.is_none() => {
+                    if let Err(why) = populator.may_unserve() {
+                        let _ = incoming.reply.send(Err(why));
+                        continue;
+                    }
+                    tracing::info!(
+                        "taking the tree out of service: mark lifted, answering what is queued"
+                    );
+                    populator.lift_mark();
+                    ending = Some(Ending::Unserve(incoming));
+                }
+                Request::Handover | Request::Unserve => {
+                    let _ = incoming
+                        .reply
+                        .send(Err("the daemon is stopping".to_string()));
+                }
+                _ => serve_request(populator, &channels.journal, incoming),
             }
         }
         populator.settle();
-        if populator.is_idle() {
-            if let Some(request) = handover.take() {
-                let _ = request.reply.send(Ok(serde_json::json!({}).into()));
+        if !populator.is_idle() {
+            continue;
+        }
+        match ending.take() {
+            Some(Ending::HandOver(request)) => {
                 // Exiting before the answer is written would leave the new
                 // daemon without one, and the tree without a daemon.
-                if request.written.recv_timeout(HANDOVER_WRITE).is_err() {
-                    tracing::warn!("the handover answer was not written; exiting all the same");
-                }
+                answer_and_wait(request, Ok(serde_json::json!({})));
                 return Ok(Stopped::HandedOver);
             }
-            if stopping && queue_empty {
-                return Ok(Stopped::Clean);
+            Some(pause @ Ending::Pause { .. }) if !pause.reads() || queue_empty => {
+                return Ok(Stopped::Paused)
             }
+            Some(Ending::Unserve(request)) if queue_empty => return Ok(Stopped::Unserved(request)),
+            other => ending = other,
         }
     }
 }
@@ -468,7 +557,7 @@ fn serve_request(
             }
             return;
         }
-        Request::Handover => Err("handover is answered by the loop".to_string()),
+        Request::Handover | Request::Unserve => Err("answered by the loop".to_string()),
     };
     let _ = incoming.reply.send(reply.map(Into::into));
 }

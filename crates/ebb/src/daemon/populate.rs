@@ -86,6 +86,11 @@ pub struct Stats {
     pub unreadable_events: u64,
 }
 
+/// Most stubs a pausing daemon marks one by one (see
+/// [`Populator::narrow_to_stubs`]); each mark pins an inode in memory
+/// (about 1 KiB) until the tree's next daemon or `ebb unserve`.
+pub const PAUSE_STUB_MARKS: u64 = 1 << 18;
+
 /// Name, in the tree's state directory, of the file whose close tells the
 /// daemon it has read every event queued before (see `drain_events`).
 pub const COOKIE: &str = "events.cookie";
@@ -757,9 +762,16 @@ impl Populator {
             return;
         }
         tracing::info!("{} is all resident again", stub.path.display());
+        let path = stub.path.clone();
         let handle = stub.handle.clone();
         self.stubs.remove(&id);
         self.by_handle.remove(&handle);
+        // A paused daemon (or a release with only the keeper) marked the
+        // stub on its own: that mark goes, or the file's readers would wait
+        // on the next pause for nothing (and it pins the inode).
+        if let Err(e) = self.group.unmark_inode(file.as_fd(), FAN_PRE_ACCESS) {
+            tracing::warn!("unmarking {}: {e}", path.display());
+        }
         self.ignore(&file, Silence::UntilWritten);
     }
 
@@ -861,6 +873,73 @@ impl Populator {
     }
 
     /// Stop raising events (a clean stop).
+    /// Whether the tree may go out of service now: not while a snapshot
+    /// runs (its source's writers wait on the mark).
+    pub fn may_unserve(&self) -> Result<(), String> {
+        if self.snapshots.is_empty() {
+            Ok(())
+        } else {
+            Err("a snapshot of a file in the tree is in progress; try again once it is done (nothing changed)".to_string())
+        }
+    }
+
+    /// Pausing (SIGTERM): until the next daemon, keep waiting only the
+    /// readers that must wait, those of stubs, rather than every first
+    /// access on the filesystem. Each stub gets an inode mark in the group
+    /// the keeper keeps, and only then does the filesystem mark go.
+    /// Returns `false`, with the filesystem mark left as it is, when that
+    /// cannot be done safely: a snapshot runs (its source's writers wait on
+    /// the filesystem mark), the tree has more than [`PAUSE_STUB_MARKS`]
+    /// stubs (each mark pins an inode), or a stub cannot be marked.
+    pub fn narrow_to_stubs(&mut self) -> bool {
+        if !self.mark.is_placed() {
+            return true; // nothing waits on it: nothing is a stub
+        }
+        if !self.snapshots.is_empty() {
+            tracing::info!(
+                "pausing during a snapshot: every first access waits for the next daemon"
+            );
+            return false;
+        }
+        match self.mark_stubs() {
+            Ok(marked) => {
+                tracing::info!(
+                    "pausing: {marked} stub(s) marked; their readers wait for the next daemon"
+                );
+                self.mark.lift(&self.group);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("pausing: {e:#}; every first access waits for the next daemon");
+                false
+            }
+        }
+    }
+
+    fn mark_stubs(&self) -> Result<usize> {
+        let (stubs, _) = self.catalog.not_resident(0)?;
+        if stubs > PAUSE_STUB_MARKS {
+            anyhow::bail!("{stubs} stubs, more than {PAUSE_STUB_MARKS} inode marks");
+        }
+        let root = File::open(&self.root).context("opening the tree root")?;
+        let mut marked = 0;
+        self.catalog.for_each_not_resident(|path, handle| {
+            let stub =
+                match crate::sys::handle::open_by_handle(root.as_fd(), handle, libc::O_RDONLY) {
+                    Ok(fd) => fd,
+                    // Gone: nobody can open it any more.
+                    Err(e) if e.raw_os_error() == Some(libc::ESTALE) => return Ok(()),
+                    Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+                };
+            self.group
+                .mark_inode(stub.as_fd(), FAN_PRE_ACCESS)
+                .with_context(|| format!("marking {}", path.display()))?;
+            marked += 1;
+            Ok(())
+        })?;
+        Ok(marked)
+    }
+
     pub fn lift_mark(&mut self) {
         self.mark.lift(&self.group);
     }

@@ -54,7 +54,12 @@ pub struct Kept {
     pub fresh: bool,
 }
 
-/// Step 1: the keeper's group and table, or new ones handed to it.
+/// Step 1: the keeper's group and table, or new ones handed to it. With
+/// no keeper holding them (it died too), the service manager's fd store
+/// may still have them: they are taken from there and given to a new
+/// keeper. Whichever they are, they go to the fd store too when a service
+/// manager runs the daemon, so that losing the keeper is never losing
+/// the group its readers wait on.
 pub fn acquire(tree: &Tree, exe: &Path) -> Result<Kept> {
     // Made here at the latest: /run starts empty at every boot.
     let run = RunDir::from_env();
@@ -67,71 +72,141 @@ pub fn acquire(tree: &Tree, exe: &Path) -> Result<Kept> {
             KeeperClient::spawn(exe, &socket, &run.keeper_log(id)).context("starting the keeper")?
         }
     };
-    let mut group = None;
-    let mut table = None;
-    let mut fills = None;
-    let mut kept_for = None;
-    for (name, fd) in keeper.get().context("taking the kept fds back")? {
-        let fd = fdtable::move_above(fd, KEPT_FDS_FROM)?;
-        match name.as_str() {
-            "group" => group = Some(fd),
-            "inflight" => table = Some(fd),
-            "fills" => fills = Some(fd),
-            "tree" => kept_for = Some(fd),
-            other => tracing::warn!("the keeper holds an fd named {other:?}; ignored"),
+    let mut kept = KeptFds::from(keeper.get().context("taking the kept fds back")?)?;
+    let mut from_manager = false;
+    if kept.group.is_none() {
+        let passed = KeptFds::from(
+            crate::sys::systemd::take_passed_fds()
+                .context("taking the fds the service manager kept")?,
+        )?;
+        if passed.group.is_some() {
+            kept = passed;
+            from_manager = true;
         }
     }
-    // Before anything of it is used: the group may serve another tree that
-    // has this tree's id (a copied .ebb).
-    if let Some(fd) = kept_for {
-        KeptFor::read(fd)?.check(tree, keeper.pid().unwrap_or(0))?;
-    }
-    if let (Some(group), Some(table), Some(fills)) = (group, table, fills) {
+    let kept_for = match kept.tree.take() {
+        Some(fd) => {
+            let mem = SharedMemory::map(fd).context("mapping the kept tree record")?;
+            // Before anything of it is used: the group may serve another
+            // tree that has this tree's id (a copied .ebb).
+            KeptFor::parse(mem.bytes())?.check(tree, keeper.pid().unwrap_or(0))?;
+            Some(mem)
+        }
+        None => None,
+    };
+    if let (Some(group), Some(table), Some(fills)) = (kept.group, kept.table, kept.fills) {
+        let group = Group::from_owned(group);
         let (table, pending) = InflightTable::open(SharedMemory::map(table)?)?;
         let (fills, interrupted) = FillJournal::open(SharedMemory::map(fills)?)?;
         tracing::info!(
-            "took the group back from the keeper (pid {}); {} event(s) left unanswered",
+            "took the group back from {} (keeper pid {}); {} event(s) left unanswered",
+            if from_manager {
+                "the service manager's fd store"
+            } else {
+                "the keeper"
+            },
             keeper.pid().unwrap_or(0),
             pending.len()
         );
-        return Ok(Kept {
+        // A keeper of an ebb before the record kept none: it gets one.
+        let (kept_for, to_keeper) = match kept_for {
+            Some(mem) => (mem, from_manager),
+            None => (KeptFor::of(tree)?.write()?, true),
+        };
+        let kept = Kept {
             keeper,
-            group: Group::from_owned(group),
+            group,
             table,
             fills,
             pending,
             interrupted,
             fresh: false,
-        });
+        };
+        kept.hand_over(&kept_for, to_keeper)?;
+        return Ok(kept);
     }
     let group = Group::new(InitOptions::pre_content()).context(
         "fanotify_init(FAN_CLASS_PRE_CONTENT) failed: ebb needs root and Linux 6.14 or later",
     )?;
     let group = Group::from_owned(fdtable::move_above(group.into_owned(), KEPT_FDS_FROM)?);
-    let table = InflightTable::create()?;
-    let fills = FillJournal::create()?;
     let kept_for = KeptFor::of(tree)?.write()?;
-    fills
-        .with_fd(|journal| {
-            keeper.put(&[
-                ("group", group.as_fd()),
-                ("inflight", table.fd()),
-                ("fills", journal),
-                ("tree", kept_for.fd()),
-            ])
-        })
-        .context("the fill journal's lock is poisoned")?
-        .context("handing the group to the keeper")?;
-    Ok(Kept {
+    let kept = Kept {
         keeper,
         group,
-        table,
-        fills,
+        table: InflightTable::create()?,
+        fills: FillJournal::create()?,
         pending: Vec::new(),
         interrupted: Vec::new(),
         fresh: true,
-    })
+    };
+    kept.hand_over(&kept_for, true)?;
+    Ok(kept)
 }
+
+/// The fds a keeper (or the service manager) keeps, by name.
+#[derive(Default)]
+struct KeptFds {
+    group: Option<OwnedFd>,
+    table: Option<OwnedFd>,
+    fills: Option<OwnedFd>,
+    tree: Option<OwnedFd>,
+}
+
+impl KeptFds {
+    /// Sorted by name, each moved clear of event numbers; names not ebb's
+    /// are ignored (a service manager may pass other fds).
+    fn from(named: Vec<(String, OwnedFd)>) -> Result<KeptFds> {
+        let mut kept = KeptFds::default();
+        for (name, fd) in named {
+            let slot = match name.as_str() {
+                "group" => &mut kept.group,
+                "inflight" => &mut kept.table,
+                "fills" => &mut kept.fills,
+                "tree" => &mut kept.tree,
+                other => {
+                    tracing::warn!("an fd named {other:?} was kept; ignored");
+                    continue;
+                }
+            };
+            *slot = Some(fdtable::move_above(fd, KEPT_FDS_FROM)?);
+        }
+        Ok(kept)
+    }
+}
+
+impl Kept {
+    /// Give the fds to the keeper (`to_keeper`: it does not hold them yet)
+    /// and, under a service manager, to its fd store.
+    fn hand_over(&self, kept_for: &SharedMemory, to_keeper: bool) -> Result<()> {
+        self.fills
+            .with_fd(|journal| {
+                let fds = [
+                    ("group", self.group.as_fd()),
+                    ("inflight", self.table.fd()),
+                    ("fills", journal),
+                    ("tree", kept_for.fd()),
+                ];
+                if to_keeper {
+                    self.keeper
+                        .put(&fds)
+                        .context("handing the group to the keeper")?;
+                }
+                if crate::sys::systemd::is_managed() {
+                    for (name, fd) in fds {
+                        crate::sys::systemd::store_fd(name, fd).with_context(|| {
+                            format!("keeping the {name} fd in the service manager's fd store")
+                        })?;
+                    }
+                }
+                Ok(())
+            })
+            .context("the fill journal's lock is poisoned")?
+    }
+}
+
+/// The names [`Kept`]'s fds have in a keeper and in the service manager's
+/// fd store.
+pub const KEPT_NAMES: [&str; 4] = ["group", "inflight", "fills", "tree"];
 
 /// The tree a kept group serves, kept beside it (a small memfd of JSON):
 /// a tree whose `.ebb` was copied from another has the other's id, and so
@@ -170,11 +245,6 @@ impl KeptFor {
         bytes[..4].copy_from_slice(&len.to_le_bytes());
         bytes[4..].copy_from_slice(&json);
         Ok(mem)
-    }
-
-    fn read(fd: OwnedFd) -> Result<KeptFor> {
-        let mem = SharedMemory::map(fd).context("mapping the kept tree record")?;
-        Self::parse(mem.bytes())
     }
 
     fn parse(bytes: &[u8]) -> Result<KeptFor> {

@@ -40,6 +40,8 @@ pub fn release(
     path: &Path,
 ) -> Result<ReleaseOutcome> {
     let path = managed_path(tree, path)?;
+    // Until the stub is made: the tree cannot go out of service meanwhile.
+    let _in_service = tree.service_lock(false)?;
     // A running daemon takes in the events queued so far (a write it was
     // told of is recorded before this looks), and drops any ignore mark it
     // put on the file while it was resident, which must go before the file

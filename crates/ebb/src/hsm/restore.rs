@@ -82,6 +82,10 @@ pub fn restore(
     } else {
         drop(file);
         fill_exclusively(catalog, store, &path, progress)?;
+        // A stopped daemon's keeper has it marked as a stub still.
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        control::resident_in_kept_group(tree, &file)?;
     }
     Ok(RestoreOutcome {
         restored: true,

@@ -19,3 +19,4 @@ pub mod handle;
 pub mod shm;
 pub mod socket;
 pub mod sqlite;
+pub mod systemd;

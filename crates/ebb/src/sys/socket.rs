@@ -75,7 +75,7 @@ pub fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) ->
 /// messages cannot be read once truncated: the fds that did arrive would
 /// stay open, owned by nobody.)
 pub fn recv_with_fds(
-    sock: &UnixStream,
+    sock: &impl AsRawFd,
     buf: &mut [u8],
     max_fds: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {

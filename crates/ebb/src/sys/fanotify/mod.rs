@@ -361,6 +361,15 @@ impl Group {
         self.mark_raw(flags, mask, libc::AT_FDCWD, Some(path))
     }
 
+    /// Remove `mask` from the inode mark of `file`. A file that has none is
+    /// not an error.
+    pub fn unmark_inode(&self, file: BorrowedFd<'_>, mask: u64) -> io::Result<()> {
+        match self.mark_raw(libc::FAN_MARK_REMOVE, mask, file.as_raw_fd(), None) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Remove an ignore mark added by [`Group::add_ignore`]. A file that has
     /// none is not an error.
     pub fn remove_ignore(&self, file: BorrowedFd<'_>, mask: u64) -> io::Result<()> {
