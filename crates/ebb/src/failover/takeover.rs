@@ -153,7 +153,7 @@ struct KeptFds {
 }
 
 impl KeptFds {
-    /// Sorted by name, each moved clear of event numbers; names not ebb's
+    /// Sorted out by name, each moved clear of event numbers; names not ebb's
     /// are ignored (a service manager may pass other fds).
     fn from(named: Vec<(String, OwnedFd)>) -> Result<KeptFds> {
         let mut kept = KeptFds::default();
