@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -169,22 +169,14 @@ fn a_tree_that_tiers_nothing_raises_no_events_until_a_file_is_released() {
     kill(Pid::from_raw(pid), Signal::SIGKILL).expect("SIGKILL");
     std::thread::sleep(Duration::from_millis(300));
     let (cold, _) = fresh.released_file("cold.bin", &data);
-    let mut reader = KillOnDrop::spawn(
-        Command::new("cat")
-            .arg(&cold)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
+    let mut reader = Reader::cat(&fresh, &cold);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        reader.0.try_wait().expect("wait").is_none(),
+        reader.running(),
         "the reader waits for a daemon instead of reading zeros"
     );
     fresh.start_daemon();
-    let mut got = Vec::new();
-    std::io::Read::read_to_end(&mut reader.0.stdout.take().expect("piped"), &mut got)
-        .expect("read");
-    assert_same(&got, &data, "read across the restart");
+    reader.finish(&data);
 }
 
 /// 13d. A machine just booted, or never used: the runtime directory does

@@ -12,7 +12,6 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -208,87 +207,6 @@ fn mtime_of(path: &Path) -> (i64, i64) {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).expect("stat");
     (meta.mtime(), meta.mtime_nsec())
-}
-
-/// `timeout 120 cat FILE > OUT` in the background, OUT outside the tree.
-struct Reader {
-    child: KillOnDrop,
-    path: PathBuf,
-    out: PathBuf,
-}
-
-impl Reader {
-    fn cat(env: &Env, path: &Path) -> Reader {
-        let name = format!(
-            "read-{}-{}.out",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-            rand::random::<u32>()
-        );
-        let out = env.fs.scratch().join(name);
-        let child = KillOnDrop::spawn(
-            Command::new("timeout")
-                .arg("120")
-                .arg("cat")
-                .arg(path)
-                .stdin(Stdio::null())
-                .stdout(File::create(&out).expect("creating the reader's output"))
-                .stderr(Stdio::piped()),
-        );
-        Reader {
-            child,
-            path: path.to_path_buf(),
-            out,
-        }
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.0.try_wait().expect("try_wait").is_none()
-    }
-
-    /// Bytes it has written so far.
-    fn progress(&self) -> u64 {
-        std::fs::metadata(&self.out).map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// The `cat` under `timeout`.
-    fn cat_pid(&self) -> Option<i32> {
-        let pid = self.child.0.id();
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    }
-
-    /// Wait for it (at most two minutes) and check it read exactly `want`.
-    fn finish(mut self, want: &[u8]) {
-        let deadline = Instant::now() + Duration::from_secs(130);
-        let status = loop {
-            if let Some(status) = self.child.0.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the reader of {} never finished",
-                self.path.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let mut err = String::new();
-        if let Some(mut e) = self.child.0.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
-        }
-        assert!(
-            status.success(),
-            "cat {} ended with {status}: {err}",
-            self.path.display()
-        );
-        let got = std::fs::read(&self.out).expect("reading the reader's output");
-        let _ = std::fs::remove_file(&self.out);
-        assert_same(&got, want, &format!("cat {}", self.path.display()));
-    }
 }
 
 /// A second connection to the tree's catalog, held by a python process:
@@ -745,24 +663,14 @@ fn sigterm_pauses_readers_wait_and_unserve_ends_it() {
         );
         // Opened and read while nothing serves: it must wait, not read
         // the holes.
-        let mut reader = Command::new("timeout");
-        reader.arg("120").arg("cat").arg(&path);
-        reader.stdout(Stdio::piped()).stdin(Stdio::null());
-        let mut reader = KillOnDrop::spawn(&mut reader);
+        let mut reader = Reader::cat(&fix.env, &path);
         std::thread::sleep(Duration::from_millis(500));
         assert!(
-            reader.0.try_wait().expect("try_wait").is_none(),
+            reader.running(),
             "{round}: a read of a stub after a clean stop did not wait"
         );
         let pid = fix.start();
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(reader.0.stdout.as_mut().expect("stdout"), &mut out)
-            .expect("reading cat's output");
-        assert!(
-            reader.0.wait().expect("wait").success(),
-            "{round}: cat failed"
-        );
-        assert_same(&out, &data, &format!("{round}: the read that waited"));
+        reader.finish(&data);
         assert_eq!(
             fix.keeper_pid(),
             Some(keeper),
@@ -788,8 +696,8 @@ fn sigterm_pauses_readers_wait_and_unserve_ends_it() {
     );
     assert!(alive(pid), "a refused unserve stopped the daemon");
     fix.env.restore(&path);
-    let done = fix
-        .ebb_within(
+    let unserve = || {
+        fix.ebb_within(
             COMMAND_TIMEOUT,
             &[
                 OsStr::new("unserve"),
@@ -798,7 +706,9 @@ fn sigterm_pauses_readers_wait_and_unserve_ends_it() {
             ],
         )
         .ok()
-        .json1();
+        .json1()
+    };
+    let done = unserve();
     assert_eq!(done["result"], "unserved", "{done}");
     assert_eq!(done["daemon_pid"], pid, "{done}");
     assert!(!alive(pid), "the daemon outlived unserve");
@@ -807,17 +717,7 @@ fn sigterm_pauses_readers_wait_and_unserve_ends_it() {
         "the keeper outlived unserve"
     );
     assert!(!fix.keeper_socket().exists(), "the keeper left its socket");
-    let again = fix
-        .ebb_within(
-            COMMAND_TIMEOUT,
-            &[
-                OsStr::new("unserve"),
-                OsStr::new("--json"),
-                fix.env.root.as_os_str(),
-            ],
-        )
-        .ok()
-        .json1();
+    let again = unserve();
     assert_eq!(again["result"], "unchanged", "{again}");
 
     // Nothing waits any more: a plain file and the restored one read at once.

@@ -372,17 +372,10 @@ fn the_service_managers_fd_store_outlives_keeper_and_daemon() {
     kill9(first.0.id() as i32);
     let _ = first.0.wait();
     kill9(keeper as i32);
-    let mut reader = Command::new("timeout");
-    reader
-        .arg("120")
-        .arg("cat")
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null());
-    let mut reader = KillOnDrop::spawn(&mut reader);
+    let mut reader = Reader::cat(&env, &path);
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(
-        reader.0.try_wait().expect("try_wait").is_none(),
+        reader.running(),
         "with daemon and keeper dead, a read of a stub did not wait"
     );
 
@@ -432,11 +425,7 @@ fn the_service_managers_fd_store_outlives_keeper_and_daemon() {
         );
     }
     let (seen, _) = manager.until("READY=1", &log);
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(reader.0.stdout.as_mut().expect("stdout"), &mut out)
-        .expect("reading cat's output");
-    assert!(reader.0.wait().expect("wait").success(), "cat failed");
-    assert_same(&out, &data, "the read that waited on the manager's fds");
+    reader.finish(&data);
     let said = std::fs::read_to_string(&log).expect("the second daemon's log");
     assert!(
         said.contains("took the group back from the service manager's fd store"),

@@ -809,3 +809,86 @@ impl Drop for Env {
         }
     }
 }
+
+/// `timeout 120 cat FILE > OUT` in the background, OUT outside the tree.
+#[allow(dead_code)] // not every test binary needs it
+pub struct Reader {
+    child: KillOnDrop,
+    path: PathBuf,
+    out: PathBuf,
+}
+
+#[allow(dead_code)] // not every test binary needs each
+impl Reader {
+    pub fn cat(env: &Env, path: &Path) -> Reader {
+        let name = format!(
+            "read-{}-{}.out",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+            rand::random::<u32>()
+        );
+        let out = env.fs.scratch().join(name);
+        let child = KillOnDrop::spawn(
+            Command::new("timeout")
+                .arg("120")
+                .arg("cat")
+                .arg(path)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&out).expect("creating the reader's output"))
+                .stderr(Stdio::piped()),
+        );
+        Reader {
+            child,
+            path: path.to_path_buf(),
+            out,
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.0.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Bytes it has written so far.
+    pub fn progress(&self) -> u64 {
+        std::fs::metadata(&self.out).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The `cat` under `timeout`.
+    pub fn cat_pid(&self) -> Option<i32> {
+        let pid = self.child.0.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Wait for it (at most two minutes) and check it read exactly `want`.
+    pub fn finish(mut self, want: &[u8]) {
+        let deadline = Instant::now() + Duration::from_secs(130);
+        let status = loop {
+            if let Some(status) = self.child.0.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the reader of {} never finished",
+                self.path.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = self.child.0.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        assert!(
+            status.success(),
+            "cat {} ended with {status}: {err}",
+            self.path.display()
+        );
+        let got = std::fs::read(&self.out).expect("reading the reader's output");
+        let _ = std::fs::remove_file(&self.out);
+        assert_same(&got, want, &format!("cat {}", self.path.display()));
+    }
+}

@@ -276,12 +276,11 @@ pub fn resident_in_kept_group(tree: &Tree, file: &File) -> Result<()> {
     let Some(group) = kept_group(tree)? else {
         return Ok(());
     };
-    use crate::sys::fanotify::FAN_PRE_ACCESS;
     group
-        .unmark_inode(file.as_fd(), FAN_PRE_ACCESS)
+        .unmark_inode(file.as_fd(), super::populate::STUB_MARK)
         .context("unmarking the restored file in the kept group")?;
     group
-        .add_ignore_until_modified(file.as_fd(), FAN_PRE_ACCESS | libc::FAN_MODIFY, true)
+        .add_ignore_until_modified(file.as_fd(), super::populate::SILENCED_UNTIL_WRITTEN, true)
         .context("silencing the restored file in the kept group")?;
     Ok(())
 }
@@ -299,7 +298,7 @@ fn forget_in_kept_group(tree: &Tree, file: &File) -> Result<bool> {
             // itself, as a pausing daemon marks every stub. Nobody can
             // open it meanwhile (the release holds new opens).
             group
-                .mark_inode(file.as_fd(), crate::sys::fanotify::FAN_PRE_ACCESS)
+                .mark_inode(file.as_fd(), super::populate::STUB_MARK)
                 .context("marking the stub in the kept group")?;
             super::mark::FsMark::disarm_kept(&group, tree)?;
             group

@@ -47,7 +47,12 @@ pub const WATCHED: u64 = FAN_PRE_ACCESS | FAN_MODIFY | FAN_CLOSE_WRITE;
 /// `FAN_CLOSE_WRITE` of anything that could have written it (a write
 /// through a shared mapping raises nothing else, and a fill may have put
 /// its mtime back) is silenced.
-const SILENCED_UNTIL_WRITTEN: u64 = FAN_PRE_ACCESS | FAN_MODIFY;
+pub(super) const SILENCED_UNTIL_WRITTEN: u64 = FAN_PRE_ACCESS | FAN_MODIFY;
+
+/// What a stub's own inode mark raises, where the filesystem mark is not
+/// there to: put on by a pausing daemon and by a release with only the
+/// keeper, taken off once the file is all resident again.
+pub(super) const STUB_MARK: u64 = FAN_PRE_ACCESS;
 
 /// Chunks read ahead of a sequential reader (at most 1 MiB each).
 pub const READ_AHEAD_CHUNKS: usize = 8;
@@ -769,7 +774,7 @@ impl Populator {
         // A paused daemon (or a release with only the keeper) marked the
         // stub on its own: that mark goes, or the file's readers would wait
         // on the next pause for nothing (and it pins the inode).
-        if let Err(e) = self.group.unmark_inode(file.as_fd(), FAN_PRE_ACCESS) {
+        if let Err(e) = self.group.unmark_inode(file.as_fd(), STUB_MARK) {
             tracing::warn!("unmarking {}: {e}", path.display());
         }
         self.ignore(&file, Silence::UntilWritten);
@@ -872,7 +877,6 @@ impl Populator {
         tracing::error!("an event could not be read ({e}); the kernel denied that access");
     }
 
-    /// Stop raising events (a clean stop).
     /// Whether the tree may go out of service now: not while a snapshot
     /// runs (its source's writers wait on the mark).
     pub fn may_unserve(&self) -> Result<(), String> {
@@ -917,6 +921,8 @@ impl Populator {
     }
 
     fn mark_stubs(&self) -> Result<usize> {
+        // Counted first: marks made before finding there are too many
+        // would pin their inodes for nothing.
         let (stubs, _) = self.catalog.not_resident(0)?;
         if stubs > PAUSE_STUB_MARKS {
             anyhow::bail!("{stubs} stubs, more than {PAUSE_STUB_MARKS} inode marks");
@@ -932,7 +938,7 @@ impl Populator {
                     Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
                 };
             self.group
-                .mark_inode(stub.as_fd(), FAN_PRE_ACCESS)
+                .mark_inode(stub.as_fd(), STUB_MARK)
                 .with_context(|| format!("marking {}", path.display()))?;
             marked += 1;
             Ok(())
@@ -940,6 +946,7 @@ impl Populator {
         Ok(marked)
     }
 
+    /// Stop raising events (the tree goes out of service).
     pub fn lift_mark(&mut self) {
         self.mark.lift(&self.group);
     }

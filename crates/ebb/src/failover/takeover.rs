@@ -17,7 +17,7 @@
 //! 4. Release the reserved numbers.
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
@@ -180,19 +180,17 @@ impl Kept {
     fn hand_over(&self, kept_for: &SharedMemory, to_keeper: bool) -> Result<()> {
         self.fills
             .with_fd(|journal| {
-                let fds = [
-                    ("group", self.group.as_fd()),
-                    ("inflight", self.table.fd()),
-                    ("fills", journal),
-                    ("tree", kept_for.fd()),
-                ];
+                let fds: Vec<(&str, BorrowedFd<'_>)> = KEPT_NAMES
+                    .into_iter()
+                    .zip([self.group.as_fd(), self.table.fd(), journal, kept_for.fd()])
+                    .collect();
                 if to_keeper {
                     self.keeper
                         .put(&fds)
                         .context("handing the group to the keeper")?;
                 }
                 if crate::sys::systemd::is_managed() {
-                    for (name, fd) in fds {
+                    for &(name, fd) in &fds {
                         crate::sys::systemd::store_fd(name, fd).with_context(|| {
                             format!("keeping the {name} fd in the service manager's fd store")
                         })?;
@@ -205,7 +203,7 @@ impl Kept {
 }
 
 /// The names [`Kept`]'s fds have in a keeper and in the service manager's
-/// fd store.
+/// fd store: group, in-flight table, fill journal, tree record.
 pub const KEPT_NAMES: [&str; 4] = ["group", "inflight", "fills", "tree"];
 
 /// The tree a kept group serves, kept beside it (a small memfd of JSON):
