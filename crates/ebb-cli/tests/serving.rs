@@ -119,6 +119,58 @@ fn a_filesystem_mounted_again_under_a_kept_group_is_served() {
     );
 }
 
+/// An admin detaches the filesystem while ebb serves it (`umount -l`:
+/// a plain `umount` is refused, the daemon holds files in it) and mounts
+/// it again. Readers with a file open from before, and readers through
+/// the new mount, get exact bytes; the daemon goes on serving releases.
+#[test]
+fn a_filesystem_detached_and_mounted_again_while_served_is_served() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let old = seeded_bytes(1_500_000, 98);
+    let new = seeded_bytes(1_200_000, 99);
+    let (held, _) = env.released_file("held.bin", &old);
+    let (later, _) = env.released_file("later.bin", &new);
+    env.start_daemon();
+    let umount = sh("umount \"$1\"", &[env.fs.path().as_os_str()]);
+    assert!(
+        !umount.success() && umount.stderr.contains("busy"),
+        "a served filesystem is busy: {umount:?}"
+    );
+    // Opened before the detach, read after it.
+    let mut holder = std::process::Command::new(PYTHON)
+        .args([
+            "-c",
+            "import sys\nf = open(sys.argv[1], 'rb')\nprint('open', flush=True)\n\
+             sys.stdin.readline()\nsys.stdout.buffer.write(f.read())",
+        ])
+        .arg(&held)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("holder");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "open\n");
+    env.fs
+        .detach_and_mount_again()
+        .expect("detach and mount again");
+    std::io::Write::write_all(holder.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let out = holder.wait_with_output().expect("holder");
+    assert!(out.status.success(), "the held file read: {out:?}");
+    assert_same(&out.stdout, &old, "a file opened before the detach");
+    assert_reads(&later, &new);
+    // The daemon serves the tree through the new mount as before.
+    let again = seeded_bytes(700_000, 100);
+    let (third, _) = env.released_file("third.bin", &again);
+    assert_reads(&third, &again);
+    assert!(env.keeper().is_some(), "the keeper still holds the group");
+}
+
 /// ebb on the filesystem it serves (a tree at `/`): its own binary never
 /// waits on it, while it runs nor while only the keeper holds the group.
 #[test]

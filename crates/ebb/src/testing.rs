@@ -136,6 +136,21 @@ impl LoopFs {
         .context("mounting the test filesystem again")
     }
 
+    /// Detach the mount while processes still hold files in it (`umount
+    /// -l`), then mount the image on the same mountpoint again, as an
+    /// admin might while ebb serves it. The kernel keeps the superblock
+    /// of a lazily detached mount alive and `mount -o loop` finds the
+    /// image's loop device again, so the new mount is the same superblock.
+    pub fn detach_and_mount_again(&self) -> Result<()> {
+        run(Command::new("umount").arg("-l").arg(&self.mountpoint))
+            .context("detaching the test filesystem")?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(self.dir.path().join("image"))
+            .arg(&self.mountpoint))
+        .context("mounting the test filesystem again")
+    }
+
     /// Scratch space on another filesystem (for stores and the like).
     pub fn scratch(&self) -> PathBuf {
         self.dir.path().to_path_buf()
