@@ -564,6 +564,41 @@ fn release_racing_with_readers() {
     assert_eq!(stat_u64(&s, "denied"), 0, "{s}");
 }
 
+/// 6c. A release right after a read of the whole file has finished finds
+///     nobody holding it: the daemon lets go of its own fds of the file
+///     (it used to keep them a moment after answering the last reader,
+///     and `cat f; ebb release f` said busy now and then: 1 GiB benchmark,
+///     1 in 2 runs). 40 rounds, the reader and release in one shell, so
+///     nothing sits between them.
+#[test]
+fn a_release_right_after_a_read_is_never_busy() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = random_bytes(6 * MIB + 3);
+    let (path, _) = env.released_file("reread.bin", &data);
+    env.start_daemon();
+    let want = sha256(&data);
+    let script = format!(
+        "for i in $(seq 40); do
+           sum=$(timeout 30 cat \"$1\" | sha256sum) || exit 2
+           [ \"${{sum%% *}}\" = {want} ] || {{ echo \"round $i: wrong bytes\"; exit 3; }}
+           \"$2\" release \"$1\" >/dev/null || {{ echo \"round $i\"; exit 4; }}
+         done"
+    );
+    let run = with_run_dir(std::process::Command::new("sh").args(["-c", &script, "sh"]))
+        .arg(&path)
+        .arg(EBB)
+        .output()
+        .expect("sh");
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_reads(&path, &data);
+}
+
 /// 11. `ebb restore` brings a released file back, with and without a
 ///     daemon.
 #[test]

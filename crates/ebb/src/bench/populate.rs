@@ -74,7 +74,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     std::fs::create_dir(&root)?;
     let tree = Tree::init(&root, Some(&fs.scratch().join("store")))?;
     let path = root.join("data");
-    write_random(&path, opts.size)?;
+    let want = write_random(&path, opts.size)?;
 
     let cold_resident = median_of(opts.repeats, || {
         drop_caches()?;
@@ -99,12 +99,17 @@ pub fn run(opts: &Options) -> Result<Report> {
     let cold_released = median_of(opts.repeats, || {
         hsm::release(&tree, &mut catalog, &store, &path)?;
         drop_caches()?;
-        read_sequentially(&path)
+        let took = read_sequentially(&path)?;
+        // What the reader read is in the page cache: a fill that handed
+        // out wrong bytes (zeros would only look faster) fails the run.
+        check_content(&path, &want)?;
+        Ok(took)
     })?;
 
     hsm::release(&tree, &mut catalog, &store, &path)?;
     drop_caches()?;
     let random_released = timed_reads(&path, &offsets)?;
+    check_content(&path, &want)?;
     drop(daemon);
 
     let secs = |d: Duration| d.as_secs_f64();
@@ -127,18 +132,33 @@ pub fn run(opts: &Options) -> Result<Report> {
     })
 }
 
-fn write_random(path: &Path, size: u64) -> Result<()> {
+/// Write `size` random bytes; their hash.
+fn write_random(path: &Path, size: u64) -> Result<blake3::Hash> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xebb);
     let mut file = std::fs::File::create(path)?;
+    let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
         let n = usize::try_from(left.min(buf.len() as u64))?;
         rng.fill_bytes(&mut buf[..n]);
         file.write_all(&buf[..n])?;
+        hasher.update(&buf[..n]);
         left -= n as u64;
     }
     file.sync_all()?;
+    Ok(hasher.finalize())
+}
+
+/// Fail unless the file at `path` holds the bytes hashed to `want`.
+fn check_content(path: &Path, want: &blake3::Hash) -> Result<()> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    anyhow::ensure!(
+        hasher.finalize() == *want,
+        "{} read back other bytes than were written: the benchmark's figures mean nothing",
+        path.display()
+    );
     Ok(())
 }
 

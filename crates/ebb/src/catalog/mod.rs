@@ -89,7 +89,7 @@ pub struct Identity {
 }
 
 /// The attributes that change whenever a file's content does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatSnap {
     pub size: u64,
     pub mtime: Timestamp,

@@ -114,7 +114,7 @@ enum Command {
         #[arg(long)]
         replace: bool,
         /// Threads that fetch and write chunks.
-        #[arg(long, default_value_t = 4, value_name = "N")]
+        #[arg(long, default_value_t = 8, value_name = "N")]
         workers: usize,
         /// Print the result as JSON (with --background).
         #[arg(long)]

@@ -34,6 +34,11 @@ pub enum Request {
     Forget,
     /// Counters, for tests and benchmarks.
     Stats,
+    /// The attached file's size and times as they are between two fills:
+    /// a fill's write moves the mtime until the worker puts it back, and
+    /// `ebb status` must not take that moment for a user's change.
+    #[serde(rename = "stat")]
+    StatBetweenFills,
     /// Stop reading events, answer those read, then exit leaving the group
     /// with the keeper: a new daemon is taking over. Answered once done.
     Handover,
@@ -216,6 +221,20 @@ pub fn forget(tree: &Tree, file: &File) -> Result<bool> {
     };
     call(&connect(tree, pid)?, &Request::Forget, Some(file.as_fd()))?;
     Ok(true)
+}
+
+/// `file`'s size and times between two of the daemon's fills (see
+/// [`Request::StatBetweenFills`]); `None` when no daemon serves `tree`.
+pub fn stat_between_fills(tree: &Tree, file: &File) -> Result<Option<crate::catalog::StatSnap>> {
+    let Some(pid) = daemon_pid(tree)? else {
+        return Ok(None);
+    };
+    let stat = call_as(
+        &connect(tree, pid)?,
+        &Request::StatBetweenFills,
+        Some(file.as_fd()),
+    )?;
+    Ok(Some(stat))
 }
 
 /// Ask the daemon serving `tree`, if any, to hand over (see

@@ -2,15 +2,14 @@
 //! the event's fd and put the file's mtime back. They own no state; each
 //! result goes back to the loop as a [`FillDone`].
 //!
-//! For a reader going through a file in order, workers also read ahead:
-//! the next chunks are fetched and verified into memory ([`ReadAhead`]) so
-//! the store's latency overlaps the reader's work. Read-ahead never writes
-//! to the file: only ranges a program accesses are filled.
+//! For a reader going through a file in order, the loop also queues the
+//! next few chunks ahead of it (a second channel, taken only when no fill
+//! a reader waits for is queued), so the store's latency and each chunk's
+//! `fdatasync` overlap the reader's work.
 
-use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::{select, Receiver, Sender, TryRecvError};
@@ -19,7 +18,7 @@ use super::populate::FillDone;
 use crate::catalog::{FileId, StatSnap};
 use crate::failover::fills::FillJournal;
 use crate::hsm::fill_chunk;
-use crate::store::{ChunkHash, ChunkRef, Store};
+use crate::store::{ChunkRef, Store};
 use crate::sys::file::set_mtime;
 use crate::sys::handle::FileHandle;
 
@@ -33,57 +32,68 @@ pub struct FillJob {
     /// An fd from the event, which raises no events of its own.
     pub file: Arc<File>,
     pub write_lock: Arc<Mutex<()>>,
+    /// Makes the file's written chunks durable, several at a time.
+    pub sync: Arc<GroupSync>,
     /// The file's handle, for the fill journal.
     pub handle: FileHandle,
 }
 
-/// Verified chunks fetched ahead of a sequential reader, by hash (so an
-/// entry is right for whichever file asks), oldest dropped first.
-#[derive(Debug)]
-pub struct ReadAhead {
-    held: Mutex<Held>,
-    capacity: usize,
+/// Group commit of one file's fills: a worker that wrote a chunk calls
+/// [`GroupSync::sync_data`]; one `fdatasync` covers every chunk written
+/// before it began, so workers filling one file concurrently share it
+/// instead of queueing one each behind the others.
+///
+/// A failed `fdatasync` fails every chunk written before the failure was
+/// seen, those written while it ran included: the kernel reports a
+/// writeback error once per open file, so a later call that succeeds
+/// proves nothing about pages that were written back, and lost, by then.
+/// Chunks written after it start afresh.
+#[derive(Debug, Default)]
+pub struct GroupSync {
+    state: Mutex<SyncState>,
+    done: Condvar,
 }
 
-/// The chunks, and their hashes oldest first.
-type Held = (HashMap<ChunkHash, Vec<u8>>, VecDeque<ChunkHash>);
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Tickets handed out: one per chunk written.
+    written: u64,
+    /// Every chunk with a ticket up to this is durable...
+    durable: u64,
+    /// ...and every one up to this failed, for this reason.
+    failed: (u64, String),
+    syncing: bool,
+}
 
-impl ReadAhead {
-    /// Hold at most `capacity` chunks.
-    pub fn new(capacity: usize) -> ReadAhead {
-        ReadAhead {
-            held: Mutex::default(),
-            capacity,
-        }
-    }
-
-    fn take(&self, hash: &ChunkHash) -> Option<Vec<u8>> {
-        self.held.lock().ok()?.0.remove(hash)
-    }
-
-    fn holds(&self, hash: &ChunkHash) -> bool {
-        self.held.lock().is_ok_and(|h| h.0.contains_key(hash))
-    }
-
-    fn put(&self, hash: ChunkHash, data: Vec<u8>) {
-        let Ok(mut held) = self.held.lock() else {
-            return;
-        };
-        let (chunks, order) = &mut *held;
-        if chunks.insert(hash, data).is_none() {
-            order.push_back(hash);
-        }
-        while chunks.len() > self.capacity {
-            match order.pop_front() {
-                Some(old) => {
-                    chunks.remove(&old);
-                }
-                None => break,
+impl GroupSync {
+    /// Make what the caller wrote through `file` (before calling) durable.
+    pub fn sync_data(&self, file: &File) -> Result<()> {
+        let poisoned = || anyhow::anyhow!("a fill worker panicked while syncing this file");
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        st.written += 1;
+        let ticket = st.written;
+        loop {
+            if ticket <= st.failed.0 {
+                anyhow::bail!("syncing the filled chunks: {}", st.failed.1);
             }
-        }
-        // Taken entries leave stale keys in `order`; keep it bounded too.
-        if order.len() > 4 * self.capacity {
-            order.retain(|h| chunks.contains_key(h));
+            if ticket <= st.durable {
+                return Ok(());
+            }
+            if st.syncing {
+                st = self.done.wait(st).map_err(|_| poisoned())?;
+                continue;
+            }
+            st.syncing = true;
+            let covers = st.written;
+            drop(st);
+            let result = file.sync_data();
+            st = self.state.lock().map_err(|_| poisoned())?;
+            st.syncing = false;
+            match result {
+                Ok(()) => st.durable = covers,
+                Err(e) => st.failed = (st.written, e.to_string()),
+            }
+            self.done.notify_all();
         }
     }
 }
@@ -94,17 +104,18 @@ pub struct Worker<W> {
     pub index: usize,
     pub journal: Arc<FillJournal>,
     pub store: Store,
-    pub read_ahead: Arc<ReadAhead>,
+    /// Fills readers wait for.
     pub fills: Receiver<FillJob>,
-    pub prefetches: Receiver<ChunkRef>,
+    /// Fills ahead of a sequential reader: only when no reader waits.
+    pub ahead: Receiver<FillJob>,
     pub done: Sender<FillDone>,
     /// Called after each result is sent so the loop looks at it.
     pub wake: W,
 }
 
 impl<W: Fn()> Worker<W> {
-    /// Run until the fill channel closes. Fills always go before
-    /// read-ahead.
+    /// Run until the fill channel closes. Fills readers wait for always
+    /// go before fills ahead of a reader.
     pub fn run(self) {
         loop {
             let job = match self.fills.try_recv() {
@@ -115,18 +126,21 @@ impl<W: Fn()> Worker<W> {
                         Ok(job) => job,
                         Err(_) => return,
                     },
-                    recv(self.prefetches) -> chunk => {
-                        if let Ok(chunk) = chunk {
-                            self.read_ahead(&chunk);
-                        }
-                        continue;
-                    }
+                    recv(self.ahead) -> job => match job {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    },
                 },
             };
             let result = self.fill(&job).map_err(|e| format!("{e:#}"));
+            let (file, index) = (job.file_id, job.index);
+            // The job's fd of the file goes before the loop hears: once it
+            // answers the reader, nothing of the daemon's may hold the file
+            // (a release right after the read would find it busy).
+            drop(job);
             let sent = self.done.send(FillDone {
-                file: job.file_id,
-                index: job.index,
+                file,
+                index,
                 result,
             });
             if sent.is_err() {
@@ -136,22 +150,8 @@ impl<W: Fn()> Worker<W> {
         }
     }
 
-    fn read_ahead(&self, chunk: &ChunkRef) {
-        if self.read_ahead.holds(&chunk.hash) {
-            return;
-        }
-        // A failure is not reported: the fill that needs the chunk fetches
-        // it again and reports its own error.
-        if let Ok(data) = self.store.get_chunk(&chunk.hash, chunk.len) {
-            self.read_ahead.put(chunk.hash, data);
-        }
-    }
-
     fn fill(&self, job: &FillJob) -> Result<(u64, bool)> {
-        let data = match self.read_ahead.take(&job.chunk.hash) {
-            Some(data) => data,
-            None => self.store.get_chunk(&job.chunk.hash, job.chunk.len)?,
-        };
+        let data = self.store.get_chunk(&job.chunk.hash, job.chunk.len)?;
         // Writers of one file take turns, so each puts back the mtime it
         // found and not one another worker's write just changed.
         let _turn = job
@@ -182,7 +182,7 @@ impl<W: Fn()> Worker<W> {
         // Durable before the loop records it resident: after a power cut
         // the catalog must never say resident over a hole. (After the
         // turn: the loop takes it to stat the file between fills.)
-        job.file.sync_data().context("syncing the filled chunk")?;
+        job.sync.sync_data(&job.file)?;
         crate::hooks::crash_point("after-fill");
         Ok((data.len() as u64, found_foreign))
     }
@@ -192,21 +192,35 @@ impl<W: Fn()> Worker<W> {
 mod tests {
     use super::*;
 
+    fn sync_from_threads(file: &File, threads: usize) -> Vec<Result<()>> {
+        let sync = GroupSync::default();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| s.spawn(|| sync.sync_data(file)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
     #[test]
-    fn read_ahead_holds_at_most_its_capacity_oldest_out_first() {
-        let ra = ReadAhead::new(2);
-        let h = |n: u8| ChunkHash([n; 32]);
-        ra.put(h(1), vec![1]);
-        ra.put(h(2), vec![2]);
-        ra.put(h(3), vec![3]);
-        assert!(!ra.holds(&h(1)), "oldest dropped");
-        assert_eq!(ra.take(&h(2)), Some(vec![2]));
-        assert_eq!(ra.take(&h(2)), None, "taken once");
-        for n in 10..100 {
-            ra.put(h(n), vec![n]);
-            ra.take(&h(n));
+    fn every_writer_of_a_file_hears_its_sync_succeed() {
+        let file = tempfile::tempfile().unwrap();
+        for result in sync_from_threads(&file, 8) {
+            result.unwrap();
         }
-        let held = ra.held.lock().expect("lock");
-        assert!(held.1.len() <= 8, "bookkeeping stays bounded");
+    }
+
+    #[test]
+    fn a_failed_sync_fails_every_writer_it_covered() {
+        // fdatasync(2) of a pipe fails (EINVAL): a stand-in for EIO.
+        let (read, _write) = nix::unistd::pipe().unwrap();
+        let file = File::from(read);
+        let results = sync_from_threads(&file, 8);
+        assert!(
+            results
+                .iter()
+                .all(|r| r.as_ref().is_err_and(|e| e.to_string().contains("syncing"))),
+            "{results:?}"
+        );
     }
 }

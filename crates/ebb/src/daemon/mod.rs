@@ -172,15 +172,13 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     let (job_tx, job_rx) = crossbeam_channel::unbounded();
     let (ahead_tx, ahead_rx) = crossbeam_channel::bounded(READ_AHEAD_CHUNKS);
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
-    let read_ahead = Arc::new(fill::ReadAhead::new(READ_AHEAD_CHUNKS * 2));
     for i in 0..opts.workers.clamp(1, MAX_WORKERS) {
         let worker = fill::Worker {
             index: i,
             journal: fills.clone(),
             store: store.clone(),
-            read_ahead: read_ahead.clone(),
             fills: job_rx.clone(),
-            prefetches: ahead_rx.clone(),
+            ahead: ahead_rx.clone(),
             done: done_tx.clone(),
             wake: poke.clone(),
         };
@@ -524,6 +522,13 @@ fn serve_request(
                 .map(|()| serde_json::json!({}))
                 .map_err(|e| format!("{e:#}")),
             None => Err("forget needs the file's fd attached".to_string()),
+        },
+        Request::StatBetweenFills => match incoming.fd {
+            Some(fd) => populator
+                .stat_between_fills(&File::from(fd))
+                .and_then(|stat| Ok(serde_json::to_value(stat)?))
+                .map_err(|e| format!("{e:#}")),
+            None => Err("stat needs the file's fd attached".to_string()),
         },
         Request::Stats => serde_json::to_value(populator.stats())
             .map(|mut v| {

@@ -55,7 +55,7 @@ pub(super) const SILENCED_UNTIL_WRITTEN: u64 = FAN_PRE_ACCESS | FAN_MODIFY;
 pub(super) const STUB_MARK: u64 = FAN_PRE_ACCESS;
 
 /// Chunks read ahead of a sequential reader (at most 1 MiB each).
-pub const READ_AHEAD_CHUNKS: usize = 8;
+pub const READ_AHEAD_CHUNKS: usize = 16;
 
 /// A chunk fill finished (or failed).
 #[derive(Debug)]
@@ -151,6 +151,8 @@ struct Stub {
     valid_len: u64,
     /// Serialises the fill workers' write + mtime restore on this file.
     write_lock: Arc<Mutex<()>>,
+    /// Makes the workers' writes to it durable (see `GroupSync`).
+    sync: Arc<super::fill::GroupSync>,
     /// A writable fd of the file that raises no events, while fills are in
     /// flight (they write through it; the residency is recorded from its
     /// stat); dropped when idle so the daemon never keeps a file open,
@@ -198,7 +200,8 @@ pub struct Populator {
     /// Stubs whose residency changed since it was last recorded.
     unrecorded: HashSet<FileId>,
     jobs: Sender<FillJob>,
-    read_ahead: Sender<ChunkRef>,
+    /// Fills ahead of sequential readers (see [`Populator::fill_ahead`]).
+    ahead: Sender<FillJob>,
     stats: Stats,
     /// Snapshots being taken: their sources' accesses wait for clones.
     pub snapshots: Snapshots,
@@ -213,7 +216,7 @@ impl Populator {
         table: InflightTable,
         catalog: Catalog,
         jobs: Sender<FillJob>,
-        read_ahead: Sender<ChunkRef>,
+        ahead: Sender<FillJob>,
         snapshots: Snapshots,
     ) -> Populator {
         Populator {
@@ -230,7 +233,7 @@ impl Populator {
             fills: HashMap::new(),
             unrecorded: HashSet::new(),
             jobs,
-            read_ahead,
+            ahead,
             stats: Stats::default(),
             snapshots,
         }
@@ -401,15 +404,19 @@ impl Populator {
             .get_mut(&stub)
             .expect("lookup returned a cached stub");
         let chunks = chunks_overlapping(&entry.manifest, start, start.saturating_add(count.max(1)));
+        // Going on from where the last access ended, into chunks it did
+        // not cover (a first access says nothing yet; reads within one
+        // chunk fill nothing ahead).
+        let last = entry.last_access_end;
         let sequential =
-            chunks.start <= entry.last_access_end && chunks.start + 1 >= entry.last_access_end;
+            last > 0 && chunks.start <= last && chunks.start + 1 >= last && chunks.end > last;
         entry.last_access_end = chunks.end;
         let missing: Vec<usize> = entry.resident.missing_in(chunks.clone()).collect();
         if missing.is_empty() {
             drop(file);
             self.respond(id, Response::Allow);
             if sequential {
-                self.read_ahead_after(stub, chunks.end);
+                self.fill_ahead(stub, chunks.end);
             }
             return;
         }
@@ -445,6 +452,7 @@ impl Populator {
                     handle: entry.handle.clone(),
                     file: keep.clone(),
                     write_lock: entry.write_lock.clone(),
+                    sync: entry.sync.clone(),
                 };
                 if self.jobs.send(job).is_err() {
                     tracing::error!("the fill workers are gone");
@@ -462,7 +470,7 @@ impl Populator {
             },
         );
         if sequential {
-            self.read_ahead_after(stub, chunks.end);
+            self.fill_ahead(stub, chunks.end);
         }
     }
 
@@ -501,23 +509,52 @@ impl Populator {
     }
 
     /// A reader going through `stub` in order will want the chunks from
-    /// `next` on: have workers fetch a few into memory (after the fills
-    /// already queued, which go first).
-    fn read_ahead_after(&mut self, stub: FileId, next: usize) {
+    /// `next` on: have workers fill a few ahead of it (after the fills
+    /// readers wait for, which go first), so that when it gets there they
+    /// are written, durable and recorded, and its read is answered at once.
+    /// A chunk is made durable before it counts as resident (see
+    /// `fill.rs`): filled ahead, that cost overlaps the reader's work.
+    fn fill_ahead(&mut self, stub: FileId, next: usize) {
         let Some(entry) = self.stubs.get_mut(&stub) else {
             return;
         };
         let from = next.max(entry.read_ahead_to);
         let to = (next + READ_AHEAD_CHUNKS).min(entry.manifest.len());
-        for index in from..to {
-            if !entry.resident.contains(index)
-                && !self.fills.contains_key(&(stub, index))
-                && self.read_ahead.try_send(entry.manifest[index]).is_ok()
-            {
-                self.stats.chunks_read_ahead += 1;
-            }
+        if from >= to {
+            return;
         }
-        entry.read_ahead_to = entry.read_ahead_to.max(to);
+        let keep = match &entry.file {
+            Some(keep) => keep.clone(),
+            None => match open_for_filling(&self.root, &entry.handle) {
+                Ok(keep) => entry.file.insert(Arc::new(keep)).clone(),
+                // Its readers fill what they need themselves.
+                Err(_) => return,
+            },
+        };
+        for index in from..to {
+            if entry.resident.contains(index) || self.fills.contains_key(&(stub, index)) {
+                continue;
+            }
+            let job = FillJob {
+                file_id: stub,
+                index,
+                chunk: entry.manifest[index],
+                limit: entry.valid_len,
+                handle: entry.handle.clone(),
+                file: keep.clone(),
+                write_lock: entry.write_lock.clone(),
+                sync: entry.sync.clone(),
+            };
+            if self.ahead.try_send(job).is_err() {
+                // Workers have enough ahead: the rest on a later read.
+                entry.read_ahead_to = index;
+                return;
+            }
+            entry.fills_in_flight += 1;
+            self.fills.insert((stub, index), Vec::new());
+            self.stats.chunks_read_ahead += 1;
+        }
+        entry.read_ahead_to = to;
     }
 
     /// A write, or the close of something that could write: a stub or a
@@ -544,6 +581,24 @@ impl Populator {
             Ok(Lookup::Unmanaged) => self.ignore(file, Silence::ForGood),
             Err(e) => tracing::error!("cannot tell whether a modified file is managed: {e:#}"),
         }
+    }
+
+    /// `file`'s size and times, taken between two fills of it (a fill moves
+    /// the mtime until it puts it back).
+    pub fn stat_between_fills(&self, file: &File) -> Result<StatSnap> {
+        let (handle, _) = handle_of(file.as_fd())?;
+        let stub = self
+            .by_handle
+            .get(&handle)
+            .and_then(|id| self.stubs.get(id));
+        let _turn =
+            match stub {
+                Some(stub) => Some(stub.write_lock.lock().map_err(|_| {
+                    anyhow::anyhow!("a fill worker panicked while writing this file")
+                })?),
+                None => None,
+            };
+        Ok(StatSnap::of(&file.metadata()?))
     }
 
     /// Record (once) that a stub was changed by someone else, and, if it
@@ -621,6 +676,7 @@ impl Populator {
                 modified,
                 valid_len,
                 write_lock: Arc::default(),
+                sync: Arc::default(),
                 file: None,
                 fills_in_flight: 0,
                 held_truncates: Vec::new(),
@@ -672,11 +728,15 @@ impl Populator {
             }
             Err(why) => {
                 self.stats.fill_errors += 1;
+                let who = if waiters.is_empty() {
+                    "filled ahead of a reader; tried again when read"
+                } else {
+                    "readers get EIO"
+                };
                 tracing::error!(
-                    "{}: cannot fill chunk {} ({}): readers get EIO",
+                    "{}: cannot fill chunk {} ({why}): {who}",
                     entry.path.display(),
                     done.index,
-                    why
                 );
                 Some(why)
             }
@@ -691,11 +751,23 @@ impl Populator {
         }
     }
 
-    /// Record new residency in the catalog (one transaction), then answer
-    /// every event whose chunks are all in, and retire stubs that became
-    /// fully resident.
+    /// Record new residency in the catalog (one transaction), retire stubs
+    /// that became fully resident, then answer every event whose chunks
+    /// are all in.
     pub fn settle(&mut self) {
         let recorded = self.record_residency();
+        // Idle stubs let go of their fds before any reader hears: once
+        // its read returns, nothing of the daemon's holds the file (a
+        // release right after the read would find it busy).
+        let idle: Vec<FileId> = self
+            .stubs
+            .iter()
+            .filter(|(_, s)| s.fills_in_flight == 0 && s.file.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            self.retire_if_complete(id);
+        }
         // An event whose fills are still running (even failed ones) keeps
         // its fd, which they may write through, until they are done.
         let ready: Vec<EventId> = self
@@ -716,15 +788,6 @@ impl Populator {
             };
             drop(w);
             self.respond(id, response);
-        }
-        let done: Vec<FileId> = self
-            .stubs
-            .iter()
-            .filter(|(_, s)| s.fills_in_flight == 0 && s.file.is_some())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in done {
-            self.retire_if_complete(id);
         }
     }
 

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 
 use super::{identity_of, managed_path};
 use crate::catalog::{Catalog, StatSnap, State};
+use crate::daemon::control;
 use crate::tree::Tree;
 
 /// One line of `ebb status --json`.
@@ -30,9 +31,21 @@ pub struct FileStatus {
 pub fn status(tree: &Tree, catalog: &Catalog, path: &Path) -> Result<FileStatus> {
     let path = managed_path(tree, path)?;
     let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let stat = StatSnap::of(&file.metadata()?);
     let identity = identity_of(&file)?;
-    Ok(match catalog.file_by_handle(&identity.handle)? {
+    // The record first, then the file: a fill recorded in between leaves
+    // a newer file beside an older record, which still agrees with it.
+    let record = catalog.file_by_handle(&identity.handle)?;
+    let mut stat = StatSnap::of(&file.metadata()?);
+    if let Some(rec) = &record {
+        // Different, on a file the daemon may be filling right now: ask
+        // it for the file as it is between two fills.
+        if !rec.resident.is_complete() && rec.is_modified(&stat) && !rec.modified {
+            if let Some(settled) = control::stat_between_fills(tree, &file)? {
+                stat = settled;
+            }
+        }
+    }
+    Ok(match record {
         None => FileStatus {
             path,
             state: State::Resident,
