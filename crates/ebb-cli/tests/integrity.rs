@@ -7,6 +7,8 @@ mod common;
 
 use std::ffi::OsStr;
 use std::path::Path;
+
+use serde_json::Value;
 use std::process::Command;
 
 use common::*;
@@ -467,4 +469,148 @@ fn a_truncate_racing_a_fill_is_not_undone() {
         "the truncated file grew back"
     );
     assert_reads(&path, b"");
+}
+
+/// The stub mark (`trusted.ebb.stub`) of `path`, as python reads it;
+/// `None` when the file has none.
+fn stub_mark(path: &Path) -> Option<Value> {
+    let run = python(
+        "import os, sys\ntry:\n    sys.stdout.buffer.write(os.getxattr(sys.argv[1], 'trusted.ebb.stub'))\nexcept OSError as e:\n    import errno\n    if e.errno != errno.ENODATA: raise\n",
+        &[path.as_os_str()],
+    )
+    .ok();
+    (!run.stdout.is_empty()).then(|| serde_json::from_slice(&run.stdout).expect("a JSON mark"))
+}
+
+/// Release marks a stub on disk; the mark goes once the file is all back,
+/// through the daemon or `ebb restore` with none, and the file then counts
+/// as archived (the ctime the removal moved is the one recorded).
+#[test]
+fn a_stub_is_marked_on_disk_until_it_is_all_back() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = seeded_bytes(2_500_000, 86);
+    let (read_back, archived) = env.released_file("read.bin", &data);
+    let (restored, _) = env.released_file("restored.bin", &data);
+    let mark = stub_mark(&read_back).expect("a released file carries the mark");
+    assert!(
+        mark["hash"].as_str().is_some_and(|h| h.len() == 64),
+        "{mark} ({archived})"
+    );
+    assert!(
+        mark["tree"].as_str().is_some_and(|t| !t.is_empty()),
+        "{mark}"
+    );
+    env.start_daemon();
+    // Part of it: still a stub.
+    let run = sh("head -c 4096 \"$1\" >/dev/null", &[read_back.as_os_str()]).ok();
+    drop(run);
+    assert!(stub_mark(&read_back).is_some(), "a partial file is a stub");
+    assert_reads(&read_back, &data);
+    assert!(
+        stub_mark(&read_back).is_none(),
+        "filled all the way: unmarked"
+    );
+    assert_eq!(env.status(&read_back)["state"], "archived");
+    env.stop_daemons();
+    run_dir().stop_keepers();
+    let run = ebb([OsStr::new("restore"), restored.as_os_str()]).ok();
+    drop(run);
+    assert!(stub_mark(&restored).is_none(), "restored: unmarked");
+    assert_eq!(env.status(&restored)["state"], "archived");
+    assert_eq!(std::fs::read(&restored).unwrap(), data);
+}
+
+/// A stub whose catalog row is gone is refused with EIO, never read as the
+/// zeros of its holes (the old daemon let it through: zeros).
+#[test]
+fn a_stub_the_catalog_does_not_hold_is_refused_not_zeros() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = seeded_bytes(1_000_000, 87);
+    let (path, _) = env.released_file("orphan.bin", &data);
+    let plain = env.path("plain.bin");
+    write_file(&plain, b"not managed");
+    sh(
+        "sqlite3 \"$1\" \"DELETE FROM files WHERE path LIKE '%orphan.bin'\"",
+        &[env.root.join(".ebb/catalog.db").as_os_str()],
+    )
+    .ok();
+    env.start_daemon();
+    for _ in 0..2 {
+        let refused = cat(&path);
+        assert!(
+            !refused.success() && refused.stderr.contains("Input/output error"),
+            "a stub nothing can serve must fail with EIO: exit {:?}, {} bytes, {}\n{}",
+            refused.code,
+            refused.stdout.len(),
+            refused.stderr,
+            env.log()
+        );
+        assert!(refused.stdout.is_empty(), "not one byte of it");
+    }
+    assert_reads(&plain, b"not managed");
+    let log = env.log();
+    assert_eq!(
+        log.matches("a stub (tree").count(),
+        1,
+        "said once in the log:\n{log}"
+    );
+    assert!(stat_u64(&env.stats(), "unknown_stubs_refused") >= 2);
+}
+
+/// With the catalog gone, every command refuses in one line and none makes
+/// a new one; the daemon still serves: stubs are refused (EIO), other
+/// files read.
+#[test]
+fn a_tree_whose_catalog_is_missing_refuses_and_never_reads_zeros() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = seeded_bytes(800_000, 88);
+    let (path, _) = env.released_file("stub.bin", &data);
+    let plain = env.path("plain.bin");
+    write_file(&plain, b"still here");
+    env.stop_daemons();
+    run_dir().stop_keepers();
+    let state = env.root.join(".ebb");
+    for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+        let _ = std::fs::remove_file(state.join(f));
+    }
+    for args in [
+        &["status", "--json"][..],
+        &["archive", "--json"][..],
+        &["release", "--json"][..],
+        &["restore", "--json"][..],
+    ] {
+        let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        all.push(plain.as_os_str());
+        let run = ebb(all).fails();
+        let line = run.json1();
+        let error = line["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("catalog") && error.contains("missing"),
+            "{args:?}: {line}"
+        );
+        assert!(
+            !state.join("catalog.db").exists(),
+            "{args:?} made a new catalog"
+        );
+    }
+    env.start_daemon();
+    let refused = cat(&path);
+    assert!(
+        !refused.success() && refused.stderr.contains("Input/output error"),
+        "exit {:?}, {} bytes, {}\n{}",
+        refused.code,
+        refused.stdout.len(),
+        refused.stderr,
+        env.log()
+    );
+    assert_reads(&plain, b"still here");
+    assert!(
+        env.log().contains("is missing"),
+        "the log says why:\n{}",
+        env.log()
+    );
+    assert!(!state.join("catalog.db").exists(), "the daemon made none");
 }

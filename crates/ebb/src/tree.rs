@@ -88,7 +88,7 @@ impl Tree {
         };
         let mut tree = Tree { root, config };
         tree.set_config(tree.config.clone())?;
-        tree.catalog()?;
+        Catalog::create(&tree.catalog_path())?;
         Ok(tree)
     }
 
@@ -169,6 +169,27 @@ impl Tree {
 
     pub fn catalog_path(&self) -> PathBuf {
         self.state_dir().join("catalog.db")
+    }
+
+    /// Present (made durably by the first release) once the tree has made
+    /// a stub: its daemon then marks the filesystem from the start, whatever
+    /// its catalog holds (a catalog that lost rows must not leave a stub
+    /// unwatched).
+    pub fn stubs_made_path(&self) -> PathBuf {
+        self.state_dir().join("stubs-made")
+    }
+
+    /// Record, durably, that the tree makes stubs (see
+    /// [`Tree::stubs_made_path`]).
+    pub fn note_stubs_made(&self) -> Result<()> {
+        let path = self.stubs_made_path();
+        if path.exists() {
+            return Ok(());
+        }
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        std::fs::File::open(self.state_dir())
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("syncing {}", self.state_dir().display()))
     }
 
     /// The daemon's lock file; it holds the daemon's pid.

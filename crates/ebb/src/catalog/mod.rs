@@ -14,6 +14,7 @@
 //! Every change is one transaction; a crash leaves the previous state.
 
 mod residency;
+pub mod stub_mark;
 mod tracking;
 
 pub use residency::Residency;
@@ -219,11 +220,57 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
+/// The tree's catalog is not there.
+#[derive(Debug, thiserror::Error)]
+#[error("the catalog {} is missing, so ebb cannot tell which files are released; put it back from a backup (nothing changed; only `ebb init` makes a catalog)", path.display())]
+pub struct MissingCatalog {
+    pub path: PathBuf,
+}
+
 impl Catalog {
-    /// Open (creating if needed) the catalog at `path`.
-    pub fn open(path: &Path) -> Result<Catalog> {
+    /// Make a new, empty catalog at `path` (`ebb init`), or open the one
+    /// there.
+    pub fn create(path: &Path) -> Result<Catalog> {
         let conn = Connection::open(path)
-            .with_context(|| format!("opening the catalog {}", path.display()))?;
+            .with_context(|| format!("creating the catalog {}", path.display()))?;
+        Catalog::set_up(conn, path)
+    }
+
+    /// Open the catalog at `path`, which must exist: a missing catalog is
+    /// never silently made anew (every stub would be unknown to it).
+    pub fn open(path: &Path) -> Result<Catalog> {
+        use rusqlite::OpenFlags;
+        if !path.try_exists().unwrap_or(true) {
+            return Err(anyhow::Error::new(MissingCatalog {
+                path: path.to_path_buf(),
+            }));
+        }
+        // Without SQLITE_OPEN_CREATE, so one deleted just now is not made.
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening the catalog {}", path.display()))?;
+        Catalog::set_up(conn, path)
+    }
+
+    /// An empty catalog in memory: what a daemon serving a tree whose
+    /// catalog is missing knows (nothing), so it refuses every marked stub
+    /// and lets every other file through.
+    pub fn empty_in_memory() -> Result<Catalog> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch("PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;")?;
+        let cat = Catalog {
+            conn,
+            path: PathBuf::from(":memory:"),
+        };
+        cat.migrate()?;
+        Ok(cat)
+    }
+
+    fn set_up(conn: Connection, path: &Path) -> Result<Catalog> {
         conn.busy_timeout(Duration::from_secs(30))?;
         // WAL: readers never wait for the daemon's writes. NORMAL: a commit
         // survives a crash of any process; only a power cut may lose the

@@ -32,7 +32,7 @@ fn manifest(n: usize) -> Vec<ChunkRef> {
 #[test]
 fn archive_then_release_then_populate_derives_each_state() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+    let mut cat = Catalog::create(&dir.path().join("c.db")).expect("open");
     let st = stat(300, 10);
     let id = cat
         .record_archive(&identity(1), Path::new("/t/a"), &st, "abc", &manifest(3))
@@ -81,7 +81,7 @@ fn archive_then_release_then_populate_derives_each_state() {
 #[test]
 fn changes_ebb_did_not_make_stay_recorded() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+    let mut cat = Catalog::create(&dir.path().join("c.db")).expect("open");
     let id = cat
         .record_archive(
             &identity(3),
@@ -132,7 +132,7 @@ fn changes_ebb_did_not_make_stay_recorded() {
 fn rearchive_replaces_the_version_and_clears_modified() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.db");
-    let mut cat = Catalog::open(&path).expect("open");
+    let mut cat = Catalog::create(&path).expect("open");
     let id = cat
         .record_archive(
             &identity(2),
@@ -154,7 +154,7 @@ fn rearchive_replaces_the_version_and_clears_modified() {
         .expect("rearchive");
     assert_eq!(id, id2, "same file, same row");
     drop(cat);
-    let cat = Catalog::open(&path).expect("reopen");
+    let cat = Catalog::create(&path).expect("reopen");
     cat.check_integrity().expect("sound");
     let rec = cat.file_by_id(id).expect("q").expect("found");
     assert_eq!(rec.version.content_hash, "h2");
@@ -173,7 +173,7 @@ fn rearchive_replaces_the_version_and_clears_modified() {
 fn unknown_handle_is_none_and_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.db");
-    let cat = Catalog::open(&path).expect("open");
+    let cat = Catalog::create(&path).expect("open");
     assert!(cat
         .file_by_handle(&identity(9).handle)
         .expect("q")
@@ -182,7 +182,7 @@ fn unknown_handle_is_none_and_newer_schema_is_refused() {
         .execute_batch("PRAGMA user_version = 99")
         .expect("bump");
     drop(cat);
-    let err = Catalog::open(&path).expect_err("newer schema");
+    let err = Catalog::create(&path).expect_err("newer schema");
     assert!(format!("{err:#}").contains("upgrade ebb"), "{err:#}");
 }
 

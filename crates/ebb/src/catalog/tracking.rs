@@ -142,7 +142,7 @@ mod tests {
     #[test]
     fn one_owner_per_file_and_only_it_can_let_go() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+        let mut cat = Catalog::create(&dir.path().join("c.db")).expect("open");
         let p = std::path::Path::new("/t/vm.img");
         let mine = cat
             .claim_tracking(&handle(1), p, "backup", 10)

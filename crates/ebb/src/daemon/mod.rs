@@ -106,7 +106,16 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     // after, for files the catalog creates now (a first start).
     silence_own_files(&group, tree, WATCHED)?;
     silence_own_program(&group);
-    let mut catalog = tree.catalog()?;
+    let (mut catalog, lost) = match tree.catalog() {
+        Ok(catalog) => (catalog, false),
+        Err(e) if e.is::<crate::catalog::MissingCatalog>() => {
+            // Served all the same: every file marked as a stub is refused
+            // (EIO, never its holes), every other one goes through.
+            tracing::error!("{e:#}; until then readers of released files get EIO");
+            (crate::catalog::Catalog::empty_in_memory()?, true)
+        }
+        Err(e) => return Err(e),
+    };
     let archived = catalog.count_files()?;
     // Its marker too, should the store share the tree's filesystem.
     let _ = group.add_ignore_path(
@@ -124,7 +133,11 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     // Every file opened from here on can be intercepted; files that may
     // need it (archived ones to release, tracked ones to snapshot) raise
     // events from the start.
-    let serve = tree.config().mark_at_start || archived > 0 || catalog.count_tracked()? > 0;
+    let serve = lost
+        || tree.config().mark_at_start
+        || tree.stubs_made_path().exists()
+        || archived > 0
+        || catalog.count_tracked()? > 0;
     let fs_mark = mark::FsMark::arm(&group, tree, fresh, serve)?;
 
     let wake = Arc::new(EventFd::from_value_and_flags(

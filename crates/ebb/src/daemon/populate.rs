@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +28,7 @@ use crossbeam_channel::Sender;
 use super::fill::FillJob;
 use super::mark::FsMark;
 use super::snapshots::Snapshots;
+use crate::catalog::stub_mark;
 use crate::catalog::{Catalog, FileId, FileRecord, Residency, StatSnap};
 use crate::failover::inflight::InflightTable;
 use crate::store::{chunks_overlapping, ChunkRef};
@@ -89,6 +90,9 @@ pub struct Stats {
     /// Events the kernel could not give the daemon (it could not open
     /// their fd) and denied itself.
     pub unreadable_events: u64,
+    /// Accesses denied because the file is marked as a stub the catalog
+    /// does not hold.
+    pub unknown_stubs_refused: u64,
 }
 
 /// Most stubs a pausing daemon marks one by one (see
@@ -115,6 +119,9 @@ enum Lookup {
     Stub(FileId),
     /// In the catalog, all on disk; `modified` if it already counts so.
     Resident { id: FileId, modified: bool },
+    /// Not in the catalog, yet marked as a stub on disk (its row is gone,
+    /// it is another tree's, the catalog is new): nothing can serve it.
+    UnknownStub(stub_mark::StubMark),
     /// Not in the catalog.
     Unmanaged,
 }
@@ -199,6 +206,8 @@ pub struct Populator {
     fills: HashMap<(FileId, usize), Vec<EventId>>,
     /// Stubs whose residency changed since it was last recorded.
     unrecorded: HashSet<FileId>,
+    /// Marked stubs the catalog does not hold, already logged.
+    refused: HashSet<FileHandle>,
     jobs: Sender<FillJob>,
     /// Fills ahead of sequential readers (see [`Populator::fill_ahead`]).
     ahead: Sender<FillJob>,
@@ -232,6 +241,7 @@ impl Populator {
             waiting: HashMap::new(),
             fills: HashMap::new(),
             unrecorded: HashSet::new(),
+            refused: HashSet::new(),
             jobs,
             ahead,
             stats: Stats::default(),
@@ -374,6 +384,12 @@ impl Populator {
     fn go_on_with_access(&mut self, file: File, id: EventId, pid: i32, range: Option<(u64, u64)>) {
         let stub = match self.lookup(&file) {
             Ok(Lookup::Stub(stub)) => stub,
+            Ok(Lookup::UnknownStub(mark)) => {
+                self.refuse_unknown_stub(&file, &mark);
+                drop(file);
+                self.respond(id, Response::DenyErrno(libc::EIO));
+                return;
+            }
             Ok(other) => {
                 self.ignore(&file, other.silence());
                 drop(file);
@@ -579,6 +595,8 @@ impl Populator {
                 self.ignore(file, Silence::ForGood);
             }
             Ok(Lookup::Unmanaged) => self.ignore(file, Silence::ForGood),
+            // Its accesses stay refused: never silenced.
+            Ok(Lookup::UnknownStub(_)) => {}
             Err(e) => tracing::error!("cannot tell whether a modified file is managed: {e:#}"),
         }
     }
@@ -599,6 +617,23 @@ impl Populator {
                 None => None,
             };
         Ok(StatSnap::of(&file.metadata()?))
+    }
+
+    /// An access to a stub nothing can serve is refused; said once per
+    /// file in the log (each access raises an event again).
+    fn refuse_unknown_stub(&mut self, file: &File, mark: &stub_mark::StubMark) {
+        let Ok((handle, _)) = handle_of(file.as_fd()) else {
+            return;
+        };
+        if self.refused.insert(handle) {
+            let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .unwrap_or_default();
+            tracing::error!(
+                "{}: a stub ({mark}) this tree's catalog does not hold; its readers get EIO (bring back the catalog it belongs to, or delete the file)",
+                path.display()
+            );
+        }
+        self.stats.unknown_stubs_refused += 1;
     }
 
     /// Record (once) that a stub was changed by someone else, and, if it
@@ -643,7 +678,12 @@ impl Populator {
             return Ok(Lookup::Stub(id));
         }
         let Some(mut rec) = self.catalog.file_by_handle(&handle)? else {
-            return Ok(Lookup::Unmanaged);
+            return Ok(
+                match stub_mark::get(file.as_fd()).context("reading its stub mark")? {
+                    Some(mark) => Lookup::UnknownStub(mark),
+                    None => Lookup::Unmanaged,
+                },
+            );
         };
         if rec.resident.is_complete() {
             let modified = rec.is_modified(&StatSnap::of(&file.metadata()?));
@@ -808,6 +848,11 @@ impl Populator {
                     let _turn = stub.write_lock.lock().map_err(|_| {
                         anyhow::anyhow!("a fill worker panicked while writing this file")
                     })?;
+                    if stub.resident.is_complete() {
+                        // All on disk and durable: no longer a stub. Before
+                        // the stat, as the ctime moves.
+                        stub_mark::clear(file.as_fd()).context("unmarking a filled stub")?;
+                    }
                     StatSnap::of(&file.metadata()?)
                 };
                 cat.set_residency(*id, &stub.resident, &stat)?;

@@ -379,7 +379,8 @@ pub fn redrive(
 }
 
 /// Fill `[start, start + count)` of `file` if the catalog has it as a
-/// stub; do nothing for any other file.
+/// stub; do nothing for any other file, but fail for a file marked as a
+/// stub the catalog does not hold (its reader gets EIO, not its holes).
 fn fill_if_stub(
     root: &File,
     catalog: &mut Catalog,
@@ -391,6 +392,9 @@ fn fill_if_stub(
 ) -> Result<()> {
     let (handle, _) = handle_of(file.as_fd())?;
     let Some(mut rec) = catalog.file_by_handle(&handle)? else {
+        if let Some(mark) = crate::catalog::stub_mark::get(file.as_fd())? {
+            anyhow::bail!("a stub ({mark}) this tree's catalog does not hold");
+        }
         return Ok(());
     };
     if rec.resident.is_complete() {

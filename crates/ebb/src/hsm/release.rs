@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use super::exclusive::{Exclusive, ExclusiveError};
 use super::{identity_of, managed_path};
+use crate::catalog::stub_mark::{self, StubMark};
 use crate::catalog::{Catalog, Residency, StatSnap};
 use crate::daemon::control;
 use crate::store::Store;
@@ -95,15 +96,35 @@ pub fn release(
             path.display()
         );
     }
+    tree.note_stubs_made()?;
+    // Marked as a stub on disk first: should its catalog row ever go, the
+    // daemon refuses it rather than serve its holes.
+    let mark = StubMark {
+        tree: tree.config().id.clone(),
+        version: rec.version.id,
+        hash: rec.version.content_hash.clone(),
+    };
+    stub_mark::set(file.as_fd(), &mark).with_context(|| {
+        format!(
+            "marking {} as a stub (xattr {}; nothing changed)",
+            path.display(),
+            stub_mark::STUB_XATTR
+        )
+    })?;
     // "Released" is durable before the first byte goes: a power cut in
     // between leaves a stub the daemon fills, never one the catalog
     // believes resident.
     let empty = Residency::empty(rec.version.manifest.len());
-    catalog.set_residency_durably(rec.id, &empty, &stat)?;
+    if let Err(e) = catalog.set_residency_durably(rec.id, &empty, &stat) {
+        stub_mark::clear(file.as_fd()).context("unmarking the file after a failed commit")?;
+        return Err(e);
+    }
     if let Err(e) = punch_hole(file.as_fd(), 0, stat.size) {
-        // Nothing was punched: the catalog must not keep saying released.
+        // Nothing was punched: the catalog must not keep saying released,
+        // nor the file that it is a stub.
+        stub_mark::clear(file.as_fd()).context("unmarking the file after a failed punch")?;
         catalog
-            .set_residency_durably(rec.id, &rec.resident, &stat)
+            .set_residency_durably(rec.id, &rec.resident, &StatSnap::of(&file.metadata()?))
             .context("recording the file resident again after a failed punch")?;
         return Err(e).with_context(|| {
             format!(

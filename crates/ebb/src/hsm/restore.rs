@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 
 use super::exclusive::{Exclusive, ExclusiveError};
 use super::{identity_of, managed_path, Progress};
+use crate::catalog::stub_mark;
 use crate::catalog::{Catalog, FileRecord, StatSnap};
 use crate::daemon::control;
 use crate::store::{chunks_overlapping, Store};
@@ -191,6 +192,10 @@ pub fn fill_range(
     }
     // Durable before it is recorded resident (see `daemon::fill`).
     file.sync_data().context("syncing the filled chunks")?;
+    if rec.resident.is_complete() {
+        // No longer a stub; before the stat, as the ctime moves.
+        stub_mark::clear(file.as_fd()).context("unmarking the restored file")?;
+    }
     set_mtime(file.as_fd(), before.mtime).context("restoring the mtime")?;
     catalog.set_residency(rec.id, &rec.resident, &StatSnap::of(&file.metadata()?))?;
     if found_foreign {
