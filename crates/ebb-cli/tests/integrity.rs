@@ -81,10 +81,21 @@ fn release_reads_every_chunk_back_before_punching() {
 /// then bring it up again as a rebooted machine would: no daemon, no
 /// keeper, the filesystem mounted anew.
 fn power_cut(env: &Env) {
+    cut_power(env, "shutdown");
+}
+
+/// [`power_cut`], the filesystem's log written out first (`shutdown -f`):
+/// whatever metadata was changed in memory (a write's new mtime) is on
+/// disk, no data that was not synced is.
+fn power_cut_after_the_log(env: &Env) {
+    cut_power(env, "shutdown -f");
+}
+
+fn cut_power(env: &Env, how: &str) {
     let keeper = env.keeper();
     run_cmd(
         Command::new("xfs_io")
-            .args(["-x", "-c", "shutdown"])
+            .args(["-x", "-c", how])
             .arg(&env.root),
         COMMAND_TIMEOUT,
     )
@@ -613,4 +624,178 @@ fn a_tree_whose_catalog_is_missing_refuses_and_never_reads_zeros() {
         env.log()
     );
     assert!(!state.join("catalog.db").exists(), "the daemon made none");
+}
+
+/// Stop every daemon and keeper of `env`: nothing serves the tree, as
+/// after a reboot before the daemon starts.
+fn serve_nothing(env: &Env) {
+    env.stop_daemons();
+    run_dir().stop_keepers();
+    assert!(env.keeper().is_none());
+}
+
+/// A released file truncated to nothing and grown back while nothing
+/// served the tree holds zeros: no archived byte comes back into it (the
+/// old daemon merged the archived bytes back into its holes).
+#[test]
+fn a_stub_cut_and_grown_back_unseen_gets_no_archived_bytes_back() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = seeded_bytes(3_000_000, 90);
+    let (path, _) = env.released_file("cut.bin", &data);
+    serve_nothing(&env);
+    sh(
+        "truncate -s 0 \"$1\" && truncate -s 3000000 \"$1\"",
+        &[path.as_os_str()],
+    )
+    .ok();
+    env.start_daemon();
+    let read = cat(&path).ok();
+    assert_eq!(read.stdout.len(), data.len());
+    assert!(
+        read.stdout.iter().all(|&b| b == 0),
+        "archived bytes came back into a file cut while nothing served it"
+    );
+    assert_eq!(env.status(&path)["modified"], true);
+    assert!(env.log().contains("changed while nothing served it"));
+}
+
+/// Zeros written into a released file while nothing served the tree stay
+/// zeros (the old fill took zero bytes for holes and wrote the archived
+/// bytes over them).
+#[test]
+fn zeros_written_into_a_stub_unseen_stay_zeros() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = seeded_bytes(2_000_000, 91);
+    assert!(data[..65536].iter().any(|&b| b != 0));
+    let (path, _) = env.released_file("zeroed.bin", &data);
+    serve_nothing(&env);
+    python(
+        "import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY)\nos.pwrite(fd, bytes(65536), 0)\nos.fsync(fd)",
+        &[path.as_os_str()],
+    )
+    .ok();
+    env.start_daemon();
+    let read = cat(&path).ok();
+    assert!(
+        read.stdout[..65536].iter().all(|&b| b == 0),
+        "the zeros written were taken for holes and filled"
+    );
+    assert_eq!(env.status(&path)["modified"], true);
+}
+
+/// A `touch` while the daemon is paused (the keeper holds the stubs'
+/// writers off) is a change of times only: the file counts as modified and
+/// still reads its archived bytes.
+#[test]
+fn a_touch_while_paused_keeps_the_bytes() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = seeded_bytes(2_000_000, 92);
+    let (path, _) = env.released_file("touched.bin", &data);
+    assert!(env.keeper().is_some(), "paused: the keeper holds the group");
+    sh("touch -d '2001-01-01' \"$1\"", &[path.as_os_str()]).ok();
+    env.start_daemon();
+    assert_reads(&path, &data);
+    assert_eq!(env.status(&path)["modified"], true);
+}
+
+/// A `chmod` of a partly filled file (its ctime moves, nothing else) while
+/// the daemon is paused counts as a change; the bytes come back all the
+/// same (the old catalog ignored the ctime of a file not all on disk).
+#[test]
+fn a_chmod_of_a_partial_file_counts_as_a_change() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = seeded_bytes(3_000_000, 93);
+    let (path, _) = env.released_file("chmod.bin", &data);
+    env.start_daemon();
+    python(
+        "import os, sys\nos.pread(os.open(sys.argv[1], os.O_RDONLY), 4096, 0)",
+        &[path.as_os_str()],
+    )
+    .ok();
+    assert_eq!(env.status(&path)["state"], "partial");
+    env.stop_daemons();
+    sh("chmod 600 \"$1\"", &[path.as_os_str()]).ok();
+    assert_eq!(env.status(&path)["modified"], true, "a new ctime counts");
+    env.start_daemon();
+    assert_reads(&path, &data);
+}
+
+/// A power cut between a fill's write and its put-back of the mtime, with
+/// the write's new mtime on disk: that is ebb's own doing (the catalog said
+/// a fill was under way), so the file is filled as before, and reads its
+/// archived bytes, not zeros.
+#[test]
+fn a_power_cut_before_a_fill_put_the_mtime_back_is_not_taken_for_a_change() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = seeded_bytes(3_000_000, 94);
+    let (path, _) = env.released_file("cut-power.bin", &data);
+    env.stop_daemons();
+    env.start_daemon_with(
+        |cmd| {
+            cmd.env("EBB_TEST_PAUSE", "fill-written:5000");
+        },
+        COMMAND_TIMEOUT,
+    );
+    let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let reader = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            run_cmd(
+                Command::new("timeout")
+                    .arg("20")
+                    .arg(PYTHON)
+                    .args([
+                        "-c",
+                        "import os, sys\nos.pread(os.open(sys.argv[1], os.O_RDONLY), 4096, 0)",
+                    ])
+                    .arg(&path),
+                COMMAND_TIMEOUT,
+            )
+        }
+    });
+    wait_for_log(&env, "fill-written: chunk at 0 written");
+    let moved = std::fs::metadata(&path).unwrap().modified().unwrap();
+    assert_ne!(moved, before, "the fill's write moved the mtime");
+    power_cut_after_the_log(&env);
+    drop(reader.join());
+    assert_ne!(
+        std::fs::metadata(&path).unwrap().modified().unwrap(),
+        before,
+        "the moved mtime reached the disk"
+    );
+    env.start_daemon();
+    assert_reads(&path, &data);
+}
+
+/// A write synced into a range the daemon just filled survives a power
+/// cut: the fill's residency was durable before the writer was let
+/// through (the old daemon's was not, and its next fill wrote the archived
+/// bytes back over the synced zeros).
+#[test]
+fn a_synced_write_over_a_fresh_fill_survives_a_power_cut() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = seeded_bytes(2_000_000, 95);
+    assert!(data[..65536].iter().any(|&b| b != 0));
+    let (path, _) = env.released_file("overwritten.bin", &data);
+    env.start_daemon();
+    python(
+        "import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY)\nos.pwrite(fd, bytes(65536), 0)\nos.fsync(fd)",
+        &[path.as_os_str()],
+    )
+    .ok();
+    power_cut(&env);
+    env.start_daemon();
+    let read = cat(&path).ok();
+    assert_eq!(read.stdout.len(), data.len());
+    assert!(
+        read.stdout[..65536].iter().all(|&b| b == 0),
+        "a synced write was undone by a fill after the power cut"
+    );
+    assert_same(&read.stdout[65536..], &data[65536..], "the rest");
 }

@@ -32,7 +32,7 @@ use crate::sys::file::Timestamp;
 use crate::sys::handle::FileHandle;
 
 /// Version of the schema below; a catalog from a newer ebb is refused.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS files (
     mtime_sec   INTEGER NOT NULL,
     mtime_nsec  INTEGER NOT NULL,
     ctime_sec   INTEGER NOT NULL,
-    ctime_nsec  INTEGER NOT NULL
+    ctime_nsec  INTEGER NOT NULL,
+    filling     INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS versions (
     id           INTEGER PRIMARY KEY,
@@ -169,6 +170,13 @@ pub struct FileRecord {
     pub valid_len: u64,
     /// The attributes ebb last left the file with.
     pub expected: StatSnap,
+    /// A daemon (or restore) has been writing archived bytes into it and
+    /// has not since made them durable and said so: its mtime or ctime may
+    /// be ebb's own doing (a fill's put-back of the mtime lost in a power
+    /// cut), not a sign of someone else's change. Set durably before the
+    /// first fill writes; cleared once the file is all back or its filler
+    /// stopped cleanly after syncing it.
+    pub filling: bool,
 }
 
 impl FileRecord {
@@ -188,18 +196,23 @@ impl FileRecord {
     }
 
     /// Whether the content may differ from the archived version: a write
-    /// was seen, or size or mtime are not what ebb left, or, for a file all
-    /// on disk, the ctime (a rewrite that put size and mtime back, as
-    /// `rsync --inplace -t` or `touch -r` do, still moves the ctime; so
-    /// does a chmod, which then needs an archive again). Not the ctime of
-    /// a file being filled: ebb's own fills change it, and one cut short by
-    /// a crash must not make the file look rewritten; every fill's ctime is
-    /// recorded by the time the file is all on disk.
+    /// was seen, or size, mtime or ctime are not what ebb left (a rewrite
+    /// that put size and mtime back, as `rsync --inplace -t` or `touch -r`
+    /// do, still moves the ctime; so does a chmod, which then needs an
+    /// archive again). Not the ctime of a file being filled: ebb's own
+    /// fills change it, and one cut short by a crash must not make the file
+    /// look rewritten (see [`FileRecord::filling`]).
     pub fn is_modified(&self, stat: &StatSnap) -> bool {
         self.modified
             || stat.size != self.expected.size
             || stat.mtime != self.expected.mtime
-            || (self.resident.is_complete() && stat.ctime != self.expected.ctime)
+            || (!self.filling && stat.ctime != self.expected.ctime)
+    }
+
+    /// Whether a difference in `stat` may be ebb's own doing: a fill that
+    /// stopped before its put-back of the mtime reached the disk.
+    fn changed_by_no_one_but_ebb(&self) -> bool {
+        self.filling
     }
 
     /// Bytes of the archived version that are on disk.
@@ -308,9 +321,15 @@ impl Catalog {
                 "the catalog has schema {version}, newer than this ebb understands ({SCHEMA_VERSION}); upgrade ebb"
             );
         }
+        // Schema 1 had no `filling` column.
+        let upgrade = if version == 1 {
+            "ALTER TABLE files ADD COLUMN filling INTEGER NOT NULL DEFAULT 0;"
+        } else {
+            ""
+        };
         if version < SCHEMA_VERSION {
             self.conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+                "BEGIN IMMEDIATE; {upgrade} {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
             ))?;
         }
         Ok(())
@@ -342,7 +361,7 @@ impl Catalog {
             "SELECT f.id, f.handle, f.ino, f.generation, f.path, f.resident, f.modified,
                     f.valid_len, f.size, f.mtime_sec, f.mtime_nsec, f.ctime_sec, f.ctime_nsec,
                     v.id, v.size, v.mtime_sec, v.mtime_nsec, v.ctime_sec, v.ctime_nsec,
-                    v.content_hash, v.manifest
+                    v.content_hash, v.manifest, f.filling
              FROM files f JOIN versions v ON v.id = f.version_id WHERE {cond}"
         );
         let damaged = || format!("reading the catalog {}", self.path.display());
@@ -363,6 +382,7 @@ impl Catalog {
                     stat_from_row(r, 14)?,
                     r.get::<_, String>(19)?,
                     r.get::<_, Vec<u8>>(20)?,
+                    r.get::<_, bool>(21)?,
                 ))
             })
             .optional()
@@ -381,6 +401,7 @@ impl Catalog {
             vstat,
             hash,
             manifest,
+            filling,
         )) = row
         else {
             return Ok(None);
@@ -407,6 +428,7 @@ impl Catalog {
             modified,
             valid_len,
             expected,
+            filling,
         }))
     }
 
@@ -497,11 +519,15 @@ impl Catalog {
         resident: &Residency,
         stat: &StatSnap,
     ) -> Result<()> {
+        // All back (and durable: callers sync first) or all gone: nothing
+        // of ebb's is left in flight in the file.
+        let settled = resident.is_complete() || resident.is_empty();
         let n = self.conn.execute(
             "UPDATE files SET resident = ?2,
                 modified = (modified OR size != ?3 OR mtime_sec != ?4 OR mtime_nsec != ?5),
                 valid_len = min(valid_len, ?3),
-                size = ?3, mtime_sec = ?4, mtime_nsec = ?5, ctime_sec = ?6, ctime_nsec = ?7
+                size = ?3, mtime_sec = ?4, mtime_nsec = ?5, ctime_sec = ?6, ctime_nsec = ?7,
+                filling = (filling AND NOT ?8)
              WHERE id = ?1",
             params![
                 id.0,
@@ -510,7 +536,8 @@ impl Catalog {
                 stat.mtime.sec,
                 stat.mtime.nsec,
                 stat.ctime.sec,
-                stat.ctime.nsec
+                stat.ctime.nsec,
+                settled
             ],
         )?;
         if n != 1 {
@@ -529,22 +556,74 @@ impl Catalog {
         resident: &Residency,
         stat: &StatSnap,
     ) -> Result<()> {
-        self.conn.execute_batch("PRAGMA synchronous=FULL")?;
-        let recorded = self.set_residency(id, resident, stat);
-        self.conn.execute_batch("PRAGMA synchronous=NORMAL")?;
-        recorded
+        self.durably(|cat| cat.set_residency(id, resident, stat))
     }
 
     /// If `stat` shows a change ebb did not make, record it (and in `rec`)
-    /// before anything records new attributes over the evidence.
-    pub fn note_changes(&mut self, rec: &mut FileRecord, stat: &StatSnap) -> Result<()> {
-        let valid_len = rec.valid_len.min(stat.size);
-        if rec.is_modified(stat) && (!rec.modified || valid_len < rec.valid_len) {
-            self.mark_modified(rec.id, valid_len)?;
-            rec.modified = true;
-            rec.valid_len = valid_len;
+    /// before anything records new attributes over the evidence: the file
+    /// counts as modified. `unseen`: nothing held the file's writers off
+    /// since the record was made (no daemon, no keeper: a reboot), so the
+    /// change may have written anywhere, zeros included, and no archived
+    /// byte comes back into the file (`valid_len` 0): it is what is on
+    /// disk. Otherwise every write to a missing range waited to have it
+    /// filled first, so the change was to times or modes (a `touch`, a
+    /// `chmod`) or to what was already resident, and missing chunks are
+    /// still filled; so they are if a fill was under way (see
+    /// [`FileRecord::filling`]): the difference may be ebb's own.
+    pub fn note_changes(
+        &mut self,
+        rec: &mut FileRecord,
+        stat: &StatSnap,
+        unseen: bool,
+    ) -> Result<()> {
+        if !rec.is_modified(stat) || rec.modified {
+            return Ok(());
         }
+        let valid_len = if unseen && !rec.changed_by_no_one_but_ebb() {
+            0
+        } else {
+            rec.valid_len.min(stat.size)
+        };
+        self.mark_modified(rec.id, valid_len)?;
+        rec.modified = true;
+        rec.valid_len = valid_len;
         Ok(())
+    }
+
+    /// Say, durably, that fills of `id` are under way (see
+    /// [`FileRecord::filling`]).
+    pub fn set_filling_durably(&mut self, id: FileId) -> Result<()> {
+        self.durably(|cat| cat.set_filling(id))
+    }
+
+    /// [`Catalog::set_filling_durably`], as part of a larger commit.
+    pub fn set_filling(&mut self, id: FileId) -> Result<()> {
+        self.conn
+            .execute("UPDATE files SET filling = 1 WHERE id = ?1", params![id.0])?;
+        Ok(())
+    }
+
+    /// Say, durably, that the fills of `ids` are over and durable (their
+    /// filler synced each file first).
+    pub fn clear_filling_durably(&mut self, ids: &[FileId]) -> Result<()> {
+        self.durably(|cat| {
+            cat.batch(|cat| {
+                for id in ids {
+                    cat.conn
+                        .execute("UPDATE files SET filling = 0 WHERE id = ?1", params![id.0])?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// Run `f` with every commit it makes durable when it returns (the WAL
+    /// synced at each, and so every commit before).
+    pub fn durably<T>(&mut self, f: impl FnOnce(&mut Catalog) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("PRAGMA synchronous=FULL")?;
+        let result = f(self);
+        self.conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+        result
     }
 
     /// Remember that the file's content was changed since it was archived,

@@ -119,13 +119,24 @@ fn changes_ebb_did_not_make_stay_recorded() {
         )
         .expect("archive");
     let mut rec = cat.file_by_id(id).expect("q").expect("found");
-    cat.note_changes(&mut rec, &stat(300, 10))
+    cat.note_changes(&mut rec, &stat(300, 10), true)
         .expect("unchanged");
     assert!(!rec.modified);
-    cat.note_changes(&mut rec, &stat(200, 13)).expect("changed");
-    assert!(rec.modified && rec.valid_len == 200);
+    let mut seen = rec.clone();
+    cat.note_changes(&mut seen, &stat(200, 13), false)
+        .expect("changed");
+    assert!(
+        seen.modified && seen.valid_len == 200,
+        "seen: cut to the size"
+    );
+    cat.note_changes(&mut rec, &stat(200, 13), true)
+        .expect("changed");
+    assert!(
+        rec.modified && rec.valid_len == 0,
+        "unseen: nothing comes back"
+    );
     let stored = cat.file_by_id(id).expect("q").expect("found");
-    assert!(stored.modified && stored.valid_len == 200);
+    assert!(stored.modified && stored.valid_len == 0);
 }
 
 #[test]

@@ -272,6 +272,13 @@ fn wait_for_exit(tree: &Tree, pid: u32, what: &str) -> Result<()> {
 
 /// The group a keeper holds for `tree` while no daemon runs (it was
 /// stopped, or crashed); `None` when nothing serves the tree.
+/// Whether a keeper holds `tree`'s events (its stubs' writers wait for a
+/// daemon), with or without a daemon.
+pub fn is_kept(tree: &Tree) -> Result<bool> {
+    use crate::failover::keeper::{socket_path, KeeperClient};
+    Ok(KeeperClient::connect(&socket_path(&tree.config().id))?.is_some())
+}
+
 fn kept_group(tree: &Tree) -> Result<Option<crate::sys::fanotify::Group>> {
     use crate::failover::keeper::{socket_path, KeeperClient};
     let Some(keeper) = KeeperClient::connect(&socket_path(&tree.config().id))? else {

@@ -150,7 +150,7 @@ impl<W: Fn()> Worker<W> {
         }
     }
 
-    fn fill(&self, job: &FillJob) -> Result<(u64, bool)> {
+    fn fill(&self, job: &FillJob) -> Result<u64> {
         let data = self.store.get_chunk(&job.chunk.hash, job.chunk.len)?;
         // Writers of one file take turns, so each puts back the mtime it
         // found and not one another worker's write just changed.
@@ -178,13 +178,13 @@ impl<W: Fn()> Worker<W> {
         set_mtime(job.file.as_fd(), mtime).context("restoring the mtime after filling")?;
         self.journal.end(self.index);
         drop(_turn);
-        let found_foreign = written.context("writing the chunk")?;
+        written.context("writing the chunk")?;
         // Durable before the loop records it resident: after a power cut
         // the catalog must never say resident over a hole. (After the
         // turn: the loop takes it to stat the file between fills.)
         job.sync.sync_data(&job.file)?;
         crate::hooks::crash_point("after-fill");
-        Ok((data.len() as u64, found_foreign))
+        Ok(data.len() as u64)
     }
 }
 

@@ -63,7 +63,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            workers: 4,
+            workers: 8,
             on_ready: None,
             replace: false,
         }
@@ -226,6 +226,16 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
         ahead_tx,
         snapshots,
     );
+    if fresh {
+        let changed = populator
+            .check_unseen_changes()
+            .context("checking released files for changes made while nothing served them")?;
+        if changed > 0 {
+            tracing::warn!(
+                "{changed} released file(s) changed while nothing served the tree: they keep what was written, and no archived byte comes back into them"
+            );
+        }
+    }
     tracing::info!(
         "serving {} (store: {}, pid {})",
         tree.root().display(),
@@ -509,15 +519,20 @@ fn event_loop(
         }
         match ending.take() {
             Some(Ending::HandOver(request)) => {
+                populator.end_fill_sessions();
                 // Exiting before the answer is written would leave the new
                 // daemon without one, and the tree without a daemon.
                 answer_and_wait(request, Ok(serde_json::json!({})));
                 return Ok(Stopped::HandedOver);
             }
             Some(pause @ Ending::Pause { .. }) if !pause.reads() || queue_empty => {
-                return Ok(Stopped::Paused)
+                populator.end_fill_sessions();
+                return Ok(Stopped::Paused);
             }
-            Some(Ending::Unserve(request)) if queue_empty => return Ok(Stopped::Unserved(request)),
+            Some(Ending::Unserve(request)) if queue_empty => {
+                populator.end_fill_sessions();
+                return Ok(Stopped::Unserved(request));
+            }
             other => ending = other,
         }
     }

@@ -63,9 +63,8 @@ pub const READ_AHEAD_CHUNKS: usize = 16;
 pub struct FillDone {
     pub file: FileId,
     pub index: usize,
-    /// Bytes filled, and whether the chunk's range held data ebb did not
-    /// write (kept, and the file counted as modified).
-    pub result: Result<(u64, bool), String>,
+    /// Bytes filled.
+    pub result: Result<u64, String>,
 }
 
 /// Counters, reported by `{"op":"stats"}`.
@@ -156,6 +155,9 @@ struct Stub {
     modified: bool,
     /// No archived byte at or past this offset may be written back.
     valid_len: u64,
+    /// The catalog says fills are under way (see `FileRecord::filling`):
+    /// set durably before the first one writes.
+    filling: bool,
     /// Serialises the fill workers' write + mtime restore on this file.
     write_lock: Arc<Mutex<()>>,
     /// Makes the workers' writes to it durable (see `GroupSync`).
@@ -208,6 +210,9 @@ pub struct Populator {
     unrecorded: HashSet<FileId>,
     /// Marked stubs the catalog does not hold, already logged.
     refused: HashSet<FileHandle>,
+    /// Stubs whose catalog row says fills are under way, to be cleared
+    /// (after a sync of each) when the daemon stops cleanly.
+    filling: HashMap<FileId, FileHandle>,
     jobs: Sender<FillJob>,
     /// Fills ahead of sequential readers (see [`Populator::fill_ahead`]).
     ahead: Sender<FillJob>,
@@ -242,6 +247,7 @@ impl Populator {
             fills: HashMap::new(),
             unrecorded: HashSet::new(),
             refused: HashSet::new(),
+            filling: HashMap::new(),
             jobs,
             ahead,
             stats: Stats::default(),
@@ -271,9 +277,12 @@ impl Populator {
         &self.stats
     }
 
-    /// Whether any event is still unanswered.
+    /// Whether nothing is left to do: no event unanswered, no fill in
+    /// flight or unrecorded.
     pub fn is_idle(&self) -> bool {
-        self.waiting.is_empty()
+        // Fills ahead of a reader have no event waiting on them, and must
+        // be done (and recorded) before the daemon stops all the same.
+        self.waiting.is_empty() && self.fills.is_empty() && self.unrecorded.is_empty()
     }
 
     /// Handle one event read from the group.
@@ -441,6 +450,18 @@ impl Populator {
             entry.path.display(),
             missing.len()
         );
+        if let Err(e) = self.say_filling(stub) {
+            tracing::error!(
+                "cannot record that a stub is being filled ({e:#}); the access gets EIO"
+            );
+            drop(file);
+            self.respond(id, Response::DenyErrno(libc::EIO));
+            return;
+        }
+        let entry = self
+            .stubs
+            .get_mut(&stub)
+            .expect("lookup returned a cached stub");
         let keep = match &entry.file {
             Some(keep) => keep.clone(),
             None => match open_for_filling(&self.root, &entry.handle) {
@@ -531,14 +552,17 @@ impl Populator {
     /// A chunk is made durable before it counts as resident (see
     /// `fill.rs`): filled ahead, that cost overlaps the reader's work.
     fn fill_ahead(&mut self, stub: FileId, next: usize) {
-        let Some(entry) = self.stubs.get_mut(&stub) else {
+        let Some(entry) = self.stubs.get(&stub) else {
             return;
         };
         let from = next.max(entry.read_ahead_to);
         let to = (next + READ_AHEAD_CHUNKS).min(entry.manifest.len());
-        if from >= to {
+        if from >= to || self.say_filling(stub).is_err() {
             return;
         }
+        let Some(entry) = self.stubs.get_mut(&stub) else {
+            return;
+        };
         let keep = match &entry.file {
             Some(keep) => keep.clone(),
             None => match open_for_filling(&self.root, &entry.handle) {
@@ -577,7 +601,13 @@ impl Populator {
     /// catalogued file counts as modified from now on.
     fn on_modify(&mut self, file: &File) {
         match self.lookup(file) {
-            Ok(Lookup::Stub(stub)) => self.note_modified(stub, None),
+            Ok(Lookup::Stub(stub)) => {
+                self.note_modified(stub, None);
+                // An open with O_TRUNC raises no access event, only this.
+                if let Err(e) = self.note_size(stub, file) {
+                    tracing::error!("cannot check the size of a modified stub: {e:#}");
+                }
+            }
             Ok(Lookup::Resident { id, modified }) => {
                 // Written by someone else, whatever its mtime says now (a
                 // fill may have put it back over this write's).
@@ -617,6 +647,85 @@ impl Populator {
                 None => None,
             };
         Ok(StatSnap::of(&file.metadata()?))
+    }
+
+    /// A daemon starting with a fresh group (no keeper held the tree's
+    /// events: a reboot, or the keeper died) cannot know what was written
+    /// to stubs meanwhile: nothing held their writers off. Each stub whose
+    /// size or times moved since the catalog's record is taken to have been
+    /// written anywhere (see `Catalog::note_changes`). Before any event is
+    /// read, so a change seen from now on is told apart.
+    pub fn check_unseen_changes(&mut self) -> Result<usize> {
+        let root = File::open(&self.root).context("opening the tree root")?;
+        let mut handles = Vec::new();
+        self.catalog.for_each_not_resident(|_, handle| {
+            handles.push(handle.clone());
+            Ok(())
+        })?;
+        let mut changed = 0;
+        for handle in handles {
+            let stub =
+                match crate::sys::handle::open_by_handle(root.as_fd(), &handle, libc::O_RDONLY) {
+                    Ok(fd) => File::from(fd),
+                    Err(e) if e.raw_os_error() == Some(libc::ESTALE) => continue, // gone
+                    Err(e) => return Err(e).context("opening a stub to check it"),
+                };
+            let Some(mut rec) = self.catalog.file_by_handle(&handle)? else {
+                continue;
+            };
+            let was = rec.modified;
+            self.catalog
+                .note_changes(&mut rec, &StatSnap::of(&stub.metadata()?), true)?;
+            if rec.modified && !was {
+                tracing::warn!(
+                    "{}: changed while nothing served it (valid to byte {}); it counts as modified",
+                    rec.path.display(),
+                    rec.valid_len
+                );
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Before the first fill of `stub` writes: the catalog says, durably,
+    /// that fills are under way (see `FileRecord::filling`).
+    fn say_filling(&mut self, stub: FileId) -> Result<()> {
+        let Some(entry) = self.stubs.get_mut(&stub) else {
+            return Ok(());
+        };
+        if !entry.filling {
+            self.catalog.set_filling_durably(stub)?;
+            entry.filling = true;
+            self.filling.insert(stub, entry.handle.clone());
+        }
+        Ok(())
+    }
+
+    /// A clean stop: every stub this daemon filled is synced (its put-back
+    /// mtimes durable), then the catalog says no fill is under way, so a
+    /// change made before the next daemon is told apart from ebb's own.
+    /// Best effort: a stub that cannot be synced keeps its flag.
+    pub fn end_fill_sessions(&mut self) {
+        let root = match File::open(&self.root) {
+            Ok(root) => root,
+            Err(e) => return tracing::warn!("ending fill sessions: opening the tree root: {e}"),
+        };
+        let synced: Vec<FileId> = self
+            .filling
+            .iter()
+            .filter(|(_, handle)| {
+                crate::sys::handle::open_by_handle(root.as_fd(), handle, libc::O_RDONLY)
+                    .map(File::from)
+                    .and_then(|f| f.sync_all())
+                    .inspect_err(|e| tracing::warn!("syncing a filled stub: {e}"))
+                    .is_ok()
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if let Err(e) = self.catalog.clear_filling_durably(&synced) {
+            tracing::warn!("recording the end of fills: {e:#}");
+        }
     }
 
     /// An access to a stub nothing can serve is refused; said once per
@@ -692,10 +801,12 @@ impl Populator {
                 modified,
             });
         }
-        // Changes made while no daemon watched (or before this one cached
-        // the file) are recorded before any fill records new attributes.
+        // Changes made before this daemon cached the file are recorded
+        // before any fill records new attributes. Seen ones: since this
+        // daemon (or the keeper it took over from) started, every write to
+        // a stub waited on it (see `check_unseen_changes` for the rest).
         self.catalog
-            .note_changes(&mut rec, &StatSnap::of(&file.metadata()?))?;
+            .note_changes(&mut rec, &StatSnap::of(&file.metadata()?), false)?;
         let FileRecord {
             id,
             path,
@@ -703,8 +814,12 @@ impl Populator {
             resident,
             modified,
             valid_len,
+            filling,
             ..
         } = rec;
+        if filling {
+            self.filling.insert(id, handle.clone());
+        }
         self.by_handle.insert(handle.clone(), id);
         self.stubs.insert(
             id,
@@ -715,6 +830,7 @@ impl Populator {
                 resident,
                 modified,
                 valid_len,
+                filling,
                 write_lock: Arc::default(),
                 sync: Arc::default(),
                 file: None,
@@ -749,21 +865,11 @@ impl Populator {
             .get_mut(&done.file)
             .expect("looked up just above");
         let failure = match done.result {
-            Ok((bytes, found_foreign)) => {
-                if found_foreign {
-                    tracing::warn!(
-                        "{}: chunk {} held data ebb did not write (written while no daemon served it?); kept it",
-                        entry.path.display(),
-                        done.index
-                    );
-                }
+            Ok(bytes) => {
                 entry.resident.insert(done.index);
                 self.unrecorded.insert(done.file);
                 self.stats.chunks_filled += 1;
                 self.stats.bytes_filled += bytes;
-                if found_foreign {
-                    self.note_modified(done.file, None);
-                }
                 None
             }
             Err(why) => {
@@ -837,27 +943,32 @@ impl Populator {
         }
         let ids: Vec<FileId> = self.unrecorded.drain().collect();
         let stubs = &self.stubs;
-        let result = self.catalog.batch(|cat| {
-            for id in &ids {
-                let Some(stub) = stubs.get(id) else { continue };
-                let Some(file) = &stub.file else { continue };
-                // Taken between two fills, never inside one, where a fill
-                // has written but not yet put the mtime back: that mtime
-                // would later read as somebody else's change.
-                let stat = {
-                    let _turn = stub.write_lock.lock().map_err(|_| {
-                        anyhow::anyhow!("a fill worker panicked while writing this file")
-                    })?;
-                    if stub.resident.is_complete() {
-                        // All on disk and durable: no longer a stub. Before
-                        // the stat, as the ctime moves.
-                        stub_mark::clear(file.as_fd()).context("unmarking a filled stub")?;
-                    }
-                    StatSnap::of(&file.metadata()?)
-                };
-                cat.set_residency(*id, &stub.resident, &stat)?;
-            }
-            Ok(())
+        // Durable before any reader hears: its access may be a write, which
+        // must never land on a range the catalog could still call missing
+        // after a power cut (the next fill would write over it).
+        let result = self.catalog.durably(|cat| {
+            cat.batch(|cat| {
+                for id in &ids {
+                    let Some(stub) = stubs.get(id) else { continue };
+                    let Some(file) = &stub.file else { continue };
+                    // Taken between two fills, never inside one, where a fill
+                    // has written but not yet put the mtime back: that mtime
+                    // would later read as somebody else's change.
+                    let stat = {
+                        let _turn = stub.write_lock.lock().map_err(|_| {
+                            anyhow::anyhow!("a fill worker panicked while writing this file")
+                        })?;
+                        if stub.resident.is_complete() {
+                            // All on disk and durable: no longer a stub. Before
+                            // the stat, as the ctime moves.
+                            stub_mark::clear(file.as_fd()).context("unmarking a filled stub")?;
+                        }
+                        StatSnap::of(&file.metadata()?)
+                    };
+                    cat.set_residency(*id, &stub.resident, &stat)?;
+                }
+                Ok(())
+            })
         });
         result.map_err(|e| {
             tracing::error!("recording filled chunks in the catalog: {e:#}; readers get EIO");
@@ -875,6 +986,8 @@ impl Populator {
             return;
         }
         tracing::info!("{} is all resident again", stub.path.display());
+        // Its record says so, and no fill is under way any more.
+        self.filling.remove(&id);
         let path = stub.path.clone();
         let handle = stub.handle.clone();
         self.stubs.remove(&id);

@@ -416,7 +416,16 @@ fn fill_if_stub(
         &handle,
         libc::O_RDWR,
     )?);
-    fill_range(catalog, store, &quiet, &mut rec, start, count, &NoProgress)
+    // Taken over from a keeper: the stub's writers waited meanwhile.
+    fill_range(
+        catalog,
+        store,
+        &quiet,
+        &mut rec,
+        start..start.saturating_add(count.max(1)),
+        false,
+        &NoProgress,
+    )
 }
 
 /// The regular files process `pid` has open or mapped, and the program it

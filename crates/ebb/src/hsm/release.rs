@@ -97,29 +97,32 @@ pub fn release(
         );
     }
     tree.note_stubs_made()?;
-    // Marked as a stub on disk first: should its catalog row ever go, the
+    // "Released" is durable before the first byte goes: a power cut in
+    // between leaves a stub the daemon fills, never one the catalog
+    // believes resident. With `filling` set: until the last commit below,
+    // the file's ctime is ebb's doing, not a sign of someone's change.
+    let empty = Residency::empty(rec.version.manifest.len());
+    catalog.durably(|cat| {
+        cat.batch(|cat| {
+            cat.set_residency(rec.id, &empty, &stat)?;
+            cat.set_filling(rec.id)
+        })
+    })?;
+    // Marked as a stub on disk: should its catalog row ever go, the
     // daemon refuses it rather than serve its holes.
     let mark = StubMark {
         tree: tree.config().id.clone(),
         version: rec.version.id,
         hash: rec.version.content_hash.clone(),
     };
-    stub_mark::set(file.as_fd(), &mark).with_context(|| {
+    let marked = stub_mark::set(file.as_fd(), &mark).with_context(|| {
         format!(
-            "marking {} as a stub (xattr {}; nothing changed)",
+            "marking {} as a stub (xattr {})",
             path.display(),
             stub_mark::STUB_XATTR
         )
-    })?;
-    // "Released" is durable before the first byte goes: a power cut in
-    // between leaves a stub the daemon fills, never one the catalog
-    // believes resident.
-    let empty = Residency::empty(rec.version.manifest.len());
-    if let Err(e) = catalog.set_residency_durably(rec.id, &empty, &stat) {
-        stub_mark::clear(file.as_fd()).context("unmarking the file after a failed commit")?;
-        return Err(e);
-    }
-    if let Err(e) = punch_hole(file.as_fd(), 0, stat.size) {
+    });
+    if let Err(e) = marked.and_then(|()| Ok(punch_hole(file.as_fd(), 0, stat.size)?)) {
         // Nothing was punched: the catalog must not keep saying released,
         // nor the file that it is a stub.
         stub_mark::clear(file.as_fd()).context("unmarking the file after a failed punch")?;

@@ -82,7 +82,9 @@ pub fn restore(
         }
     } else {
         drop(file);
-        fill_exclusively(catalog, store, &path, progress)?;
+        // With no keeper either, nothing held the file's writers off.
+        let unseen = !control::is_kept(tree)?;
+        fill_exclusively(catalog, store, &path, unseen, progress)?;
         // A stopped daemon's keeper has it marked as a stub still.
         let file =
             std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
@@ -139,6 +141,7 @@ fn fill_exclusively(
     catalog: &mut Catalog,
     store: &Store,
     path: &Path,
+    unseen: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
     let held = Exclusive::acquire(path, |_| Ok(())).map_err(|e| match e {
@@ -152,68 +155,80 @@ fn fill_exclusively(
     let mut rec = catalog
         .file_by_handle(&identity.handle)?
         .context("the file left the catalog while it was restored")?;
-    fill_range(catalog, store, file, &mut rec, 0, u64::MAX, progress)
-        .with_context(|| format!("filling {}", path.display()))?;
+    fill_range(
+        catalog,
+        store,
+        file,
+        &mut rec,
+        0..u64::MAX,
+        unseen,
+        progress,
+    )
+    .with_context(|| format!("filling {}", path.display()))?;
     file.sync_all()?;
     Ok(())
 }
 
-/// Fill the chunks of `rec` that cover `[start, start + count)` and are
+/// Fill the chunks of `rec` that cover the byte range `bytes` and are
 /// not resident, through `file` (an fd that raises no events, held so that
-/// nobody else writes meanwhile), put the mtime back and record it all.
-/// Changes someone else made are kept and recorded (see [`fill_chunk`]).
+/// nobody else writes meanwhile), put the mtime back and record it all,
+/// durably: the caller's next write may land in what was filled. `unseen`:
+/// nothing held the file's writers off since the catalog's record (see
+/// [`Catalog::note_changes`]).
 pub fn fill_range(
     catalog: &mut Catalog,
     store: &Store,
     file: &File,
     rec: &mut FileRecord,
-    start: u64,
-    count: u64,
+    bytes: std::ops::Range<u64>,
+    unseen: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
     let before = StatSnap::of(&file.metadata()?);
-    catalog.note_changes(rec, &before)?;
-    let chunks = chunks_overlapping(
-        &rec.version.manifest,
-        start,
-        start.saturating_add(count.max(1)),
-    );
+    catalog.note_changes(rec, &before, unseen)?;
+    let chunks = chunks_overlapping(&rec.version.manifest, bytes.start, bytes.end);
     let missing: Vec<usize> = rec.resident.missing_in(chunks).collect();
-    let mut found_foreign = false;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !rec.filling {
+        // Before the first write moves the times (see `FileRecord::filling`).
+        catalog.set_filling_durably(rec.id)?;
+        rec.filling = true;
+    }
     for i in missing {
         let chunk = rec.version.manifest[i];
         let data = store
             .get_chunk(&chunk.hash, chunk.len)
             .with_context(|| format!("fetching chunk {i}"))?;
-        found_foreign |= fill_chunk(file, chunk.offset, &data, rec.valid_len)
+        fill_chunk(file, chunk.offset, &data, rec.valid_len)
             .with_context(|| format!("writing chunk {i}"))?;
         rec.resident.insert(i);
         progress.advance(u64::from(chunk.len));
     }
-    // Durable before it is recorded resident (see `daemon::fill`).
-    file.sync_data().context("syncing the filled chunks")?;
+    set_mtime(file.as_fd(), before.mtime).context("restoring the mtime")?;
     if rec.resident.is_complete() {
         // No longer a stub; before the stat, as the ctime moves.
         stub_mark::clear(file.as_fd()).context("unmarking the restored file")?;
     }
-    set_mtime(file.as_fd(), before.mtime).context("restoring the mtime")?;
-    catalog.set_residency(rec.id, &rec.resident, &StatSnap::of(&file.metadata()?))?;
-    if found_foreign {
-        catalog.mark_modified(rec.id, rec.valid_len)?;
-    }
+    // Durable before it is recorded resident (see `daemon::fill`).
+    file.sync_all().context("syncing the filled chunks")?;
+    catalog.set_residency_durably(rec.id, &rec.resident, &StatSnap::of(&file.metadata()?))?;
+    rec.filling &= !(rec.resident.is_complete() || rec.resident.is_empty());
     Ok(())
 }
 
 /// Write an archived chunk's bytes at `offset`, but only below `limit`
-/// (the file may have been cut since it was archived) and never over a
-/// byte someone else wrote: where the range already holds data (a program
-/// wrote while no daemon served the file, or a neighbouring chunk's fill
-/// allocated a shared block), only its zero bytes are filled in. Zeros
-/// themselves are never written, so a sparse file stays sparse. Returns
-/// whether bytes written by someone else were found (and kept).
-pub fn fill_chunk(file: &File, offset: u64, data: &[u8], limit: u64) -> io::Result<bool> {
+/// (the file may have been cut since it was archived). Whatever is in the
+/// chunk's range is ebb's and is written over: only ebb writes a range that
+/// is not resident (every other write to a stub waits until its range is
+/// filled, and a change made while nothing served the file stops all
+/// filling, `valid_len` 0), so what is there is a hole, a neighbouring
+/// chunk's fill sharing a block, or an earlier fill of this chunk that was
+/// not recorded. Zeros are never taken for holes, nor written into them:
+/// a sparse file stays sparse.
+pub fn fill_chunk(file: &File, offset: u64, data: &[u8], limit: u64) -> io::Result<()> {
     let end = offset.saturating_add(data.len() as u64).min(limit);
-    let mut foreign = false;
     let mut pos = offset;
     while pos < end {
         let data_at = seek_data(file.as_fd(), pos)?.unwrap_or(end).min(end);
@@ -222,31 +237,10 @@ pub fn fill_chunk(file: &File, offset: u64, data: &[u8], limit: u64) -> io::Resu
             break;
         }
         let hole_at = seek_hole(file.as_fd(), data_at)?.unwrap_or(end).min(end);
-        foreign |= merge_into_data(file, data_at, &data[range_in(offset, data_at, hole_at)])?;
+        file.write_all_at(&data[range_in(offset, data_at, hole_at)], data_at)?;
         pos = hole_at;
     }
-    Ok(foreign)
-}
-
-/// Fill the zero bytes of an allocated range with `archived`; keep the
-/// others. Returns whether any kept byte differs from the archived one.
-fn merge_into_data(file: &File, offset: u64, archived: &[u8]) -> io::Result<bool> {
-    let mut on_disk = vec![0u8; archived.len()];
-    file.read_exact_at(&mut on_disk, offset)?;
-    let mut foreign = false;
-    let mut changed = false;
-    for (disk, &want) in on_disk.iter_mut().zip(archived) {
-        if *disk == 0 {
-            changed |= want != 0;
-            *disk = want;
-        } else if *disk != want {
-            foreign = true;
-        }
-    }
-    if changed {
-        file.write_all_at(&on_disk, offset)?;
-    }
-    Ok(foreign)
+    Ok(())
 }
 
 fn range_in(base: u64, start: u64, end: u64) -> std::ops::Range<usize> {
