@@ -313,6 +313,7 @@ fn a_write_racing_a_fill_is_not_hidden_by_the_mtime_put_back() {
     let env = Env::new(300);
     let a = seeded_bytes(8 << 20, 70);
     let (path, _) = env.released_file("a.bin", &a);
+    let archived_mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
     let starts = chunk_starts(&a);
     let last = *starts.last().expect("chunks");
     assert!(
@@ -371,6 +372,12 @@ fn a_write_racing_a_fill_is_not_hidden_by_the_mtime_put_back() {
     want[0..6].copy_from_slice(b"racing");
     assert_reads(&path, &want);
     release_is_refused(&env, &path, &want);
+    // The writer's new mtime was not lost to the fill's put-back.
+    assert!(
+        std::fs::metadata(&path).unwrap().modified().unwrap() > archived_mtime,
+        "the mtime is still the archived one:\n{}",
+        env.log()
+    );
 }
 
 /// `ebb status` while the daemon fills a file: a fill's write moves the

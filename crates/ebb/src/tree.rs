@@ -2,6 +2,7 @@
 //! (`.ebb/`: configuration, catalog, daemon lock, socket and log) and the
 //! store it archives into.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -77,7 +78,13 @@ impl Tree {
         }
         LocalDir::create(&store)?;
         let state = root.join(STATE_DIR);
-        std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+        // Root's only: it names every path in the tree (0700 before
+        // anything is made in it).
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&state)
+            .with_context(|| format!("creating {}", state.display()))?;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))?;
         let config = Config {
             format: CONFIG_FORMAT,
             id: hex::encode(rand::random::<[u8; 8]>()),
@@ -105,18 +112,31 @@ impl Tree {
 
     /// The managed tree that holds `path` (which need not exist itself, but
     /// its parent must).
+    ///
+    /// Only a state directory `ebb init` could have made counts (see
+    /// [`trusted_state_dir`]): one a user made in a directory they can
+    /// write (a planted `.ebb`) is passed over, so it cannot capture root's
+    /// work. A tree inside another is refused.
     pub fn find(path: &Path) -> Result<Tree> {
         let abs = resolve(path)?;
-        for dir in abs.ancestors() {
-            let config = dir.join(STATE_DIR).join(CONFIG_FILE);
-            if config.exists() {
-                return Tree::load(dir, &config);
-            }
+        let mut trees = abs
+            .ancestors()
+            .filter(|dir| trusted_state_dir(dir))
+            .map(Path::to_path_buf);
+        let Some(root) = trees.next() else {
+            bail!(
+                "{} is not under a managed tree; run `ebb init DIR` on a directory above it first",
+                path.display()
+            )
+        };
+        if let Some(outer) = trees.next() {
+            bail!(
+                "{} is a managed tree inside another one ({}); ebb refuses nested trees: remove one of them with `ebb unserve` and its {STATE_DIR} directory",
+                root.display(),
+                outer.display()
+            );
         }
-        bail!(
-            "{} is not under a managed tree; run `ebb init DIR` on a directory above it first",
-            path.display()
-        )
+        Tree::load(&root, &root.join(STATE_DIR).join(CONFIG_FILE))
     }
 
     /// The tree rooted exactly at `root`.
@@ -134,6 +154,12 @@ impl Tree {
     }
 
     fn load(root: &Path, config_path: &Path) -> Result<Tree> {
+        // Trees made before state directories were root's only.
+        let state = root.join(STATE_DIR);
+        if nix::unistd::geteuid().is_root() {
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} root's only", state.display()))?;
+        }
         let text = std::fs::read(config_path)
             .with_context(|| format!("reading {}", config_path.display()))?;
         let config: Config = serde_json::from_slice(&text).with_context(|| {
@@ -326,6 +352,44 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 /// Write `bytes` to `path` so that a crash leaves the old file or the new,
 /// never a mix.
+/// Whether `dir` holds a state directory `ebb init` could have made: a
+/// directory (not a symlink) owned by root, writable by nobody else, on
+/// `dir`'s own filesystem, with a `config.json` that is a regular file
+/// owned by root. Anything else named `.ebb` may be a user's: it is not a
+/// tree.
+pub fn trusted_state_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let state = dir.join(STATE_DIR);
+    let (Ok(parent), Ok(meta)) = (std::fs::metadata(dir), std::fs::symlink_metadata(&state)) else {
+        return false;
+    };
+    let config = std::fs::symlink_metadata(state.join(CONFIG_FILE));
+    let trusted = meta.is_dir()
+        && meta.uid() == 0
+        && meta.mode() & 0o022 == 0
+        && meta.dev() == parent.dev()
+        && config.is_ok_and(|c| c.is_file() && c.uid() == 0);
+    if !trusted && std::fs::symlink_metadata(state.join(CONFIG_FILE)).is_ok() {
+        warn_once_untrusted(&state);
+    }
+    trusted
+}
+
+/// Say once per process that `state` looks like a tree's and is not one.
+fn warn_once_untrusted(state: &Path) {
+    static SAID: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !said.iter().any(|p| p == state) {
+        said.push(state.to_path_buf());
+        eprintln!(
+            "ebb: warning: {} is not a state directory ebb made (not root's own, or a symlink, or on another filesystem): not taken for a tree",
+            state.display()
+        );
+    }
+}
+
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));

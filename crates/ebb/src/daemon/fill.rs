@@ -19,7 +19,7 @@ use crate::catalog::{FileId, StatSnap};
 use crate::failover::fills::FillJournal;
 use crate::hsm::fill_chunk;
 use crate::store::{ChunkRef, Store};
-use crate::sys::file::set_mtime;
+use crate::sys::file::{set_mtime, Timestamp};
 use crate::sys::handle::FileHandle;
 
 /// One chunk to bring back.
@@ -150,7 +150,8 @@ impl<W: Fn()> Worker<W> {
         }
     }
 
-    fn fill(&self, job: &FillJob) -> Result<u64> {
+    /// The bytes written, and the mtime put back.
+    fn fill(&self, job: &FillJob) -> Result<(u64, Timestamp)> {
         let data = self.store.get_chunk(&job.chunk.hash, job.chunk.len)?;
         // Writers of one file take turns, so each puts back the mtime it
         // found and not one another worker's write just changed.
@@ -184,7 +185,7 @@ impl<W: Fn()> Worker<W> {
         // turn: the loop takes it to stat the file between fills.)
         job.sync.sync_data(&job.file)?;
         crate::hooks::crash_point("after-fill");
-        Ok(data.len() as u64)
+        Ok((data.len() as u64, mtime))
     }
 }
 

@@ -33,7 +33,7 @@ use crate::catalog::{Catalog, FileId, FileRecord, Residency, StatSnap};
 use crate::failover::inflight::InflightTable;
 use crate::store::{chunks_overlapping, ChunkRef};
 use crate::sys::fanotify::{Event, EventId, Group, Response, FAN_PRE_ACCESS};
-use crate::sys::file::dev_ino;
+use crate::sys::file::{dev_ino, set_mtime, Timestamp};
 use crate::sys::handle::{handle_of, FileHandle};
 
 /// `FAN_MODIFY`: a write happened (notification).
@@ -63,8 +63,8 @@ pub const READ_AHEAD_CHUNKS: usize = 16;
 pub struct FillDone {
     pub file: FileId,
     pub index: usize,
-    /// Bytes filled.
-    pub result: Result<u64, String>,
+    /// Bytes filled, and the mtime the fill put back.
+    pub result: Result<(u64, Timestamp), String>,
 }
 
 /// Counters, reported by `{"op":"stats"}`.
@@ -158,6 +158,12 @@ struct Stub {
     /// The catalog says fills are under way (see `FileRecord::filling`):
     /// set durably before the first one writes.
     filling: bool,
+    /// The mtime the last fill put back, and whether someone wrote the
+    /// file since that was checked: a write that landed between a fill's
+    /// write and its put-back had its mtime put back too (see
+    /// `Populator::keep_writers_mtime`).
+    last_put_back: Option<Timestamp>,
+    written_since: bool,
     /// Serialises the fill workers' write + mtime restore on this file.
     write_lock: Arc<Mutex<()>>,
     /// Makes the workers' writes to it durable (see `GroupSync`).
@@ -603,6 +609,9 @@ impl Populator {
         match self.lookup(file) {
             Ok(Lookup::Stub(stub)) => {
                 self.note_modified(stub, None);
+                if let Some(entry) = self.stubs.get_mut(&stub) {
+                    entry.written_since = true;
+                }
                 // An open with O_TRUNC raises no access event, only this.
                 if let Err(e) = self.note_size(stub, file) {
                     tracing::error!("cannot check the size of a modified stub: {e:#}");
@@ -728,6 +737,49 @@ impl Populator {
         }
     }
 
+    /// ebb puts back only the mtime it changed: a fill restores the mtime
+    /// it found, and a write by someone else between the fill's write and
+    /// its put-back (a write raises no event once its range is resident,
+    /// and one through a shared mapping none at all) would lose its new
+    /// mtime to it. So once a written stub's fills are over, if its mtime
+    /// is still exactly what the last fill put back, the writer's was lost:
+    /// it becomes now, just after the write. (Not if someone set it since:
+    /// `cp -p` and `rsync -t` set it after writing.)
+    fn keep_writers_mtimes(&mut self) {
+        let root = &self.root;
+        for stub in self.stubs.values_mut() {
+            if !stub.written_since || stub.fills_in_flight > 0 {
+                continue;
+            }
+            stub.written_since = false;
+            let Some(put_back) = stub.last_put_back else {
+                continue;
+            };
+            let file = match &stub.file {
+                Some(file) => file.clone(),
+                None => match open_for_filling(root, &stub.handle) {
+                    Ok(file) => Arc::new(file),
+                    Err(e) => {
+                        tracing::warn!("{}: checking its mtime: {e:#}", stub.path.display());
+                        continue;
+                    }
+                },
+            };
+            let lost = file
+                .metadata()
+                .is_ok_and(|m| StatSnap::of(&m).mtime == put_back);
+            if lost {
+                tracing::info!(
+                    "{}: written while a fill put its mtime back; the mtime is now",
+                    stub.path.display()
+                );
+                if let Err(e) = set_mtime(file.as_fd(), Timestamp::NOW) {
+                    tracing::warn!("{}: moving its mtime: {e}", stub.path.display());
+                }
+            }
+        }
+    }
+
     /// An access to a stub nothing can serve is refused; said once per
     /// file in the log (each access raises an event again).
     fn refuse_unknown_stub(&mut self, file: &File, mark: &stub_mark::StubMark) {
@@ -831,6 +883,8 @@ impl Populator {
                 modified,
                 valid_len,
                 filling,
+                last_put_back: None,
+                written_since: false,
                 write_lock: Arc::default(),
                 sync: Arc::default(),
                 file: None,
@@ -865,7 +919,8 @@ impl Populator {
             .get_mut(&done.file)
             .expect("looked up just above");
         let failure = match done.result {
-            Ok(bytes) => {
+            Ok((bytes, put_back)) => {
+                entry.last_put_back = Some(put_back);
                 entry.resident.insert(done.index);
                 self.unrecorded.insert(done.file);
                 self.stats.chunks_filled += 1;
@@ -902,6 +957,7 @@ impl Populator {
     /// are all in.
     pub fn settle(&mut self) {
         let recorded = self.record_residency();
+        self.keep_writers_mtimes();
         // Idle stubs let go of their fds before any reader hears: once
         // its read returns, nothing of the daemon's holds the file (a
         // release right after the read would find it busy).

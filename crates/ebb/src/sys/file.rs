@@ -146,6 +146,14 @@ pub struct Timestamp {
     pub nsec: i64,
 }
 
+impl Timestamp {
+    /// For [`set_mtime`]: the current time (`UTIME_NOW`).
+    pub const NOW: Timestamp = Timestamp {
+        sec: 0,
+        nsec: libc::UTIME_NOW,
+    };
+}
+
 /// `futimens(2)`: set the modification time, leaving the access time as it
 /// is (`UTIME_OMIT`).
 pub fn set_mtime(file: BorrowedFd<'_>, mtime: Timestamp) -> io::Result<()> {

@@ -1,0 +1,178 @@
+//! Other users on the machine cannot steer or read ebb: a `.ebb` a user
+//! plants does not capture root's work, a tree's state is root's only, and
+//! trees inside trees are refused. Each attack runs as a real unprivileged
+//! uid (nobody, 65534) through `setpriv`.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// The uid an ordinary user runs as (nobody).
+const NOBODY: &str = "65534";
+
+/// `script` run by `sh` as nobody, with `args` as `$1`...
+fn as_nobody(script: &str, args: &[&OsStr]) -> Run {
+    run_cmd(
+        Command::new("setpriv")
+            .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
+            .args(["sh", "-c", script, "sh"])
+            .args(args),
+        COMMAND_TIMEOUT,
+    )
+}
+
+/// Let nobody reach the test filesystem (it lives in a 0700 temp dir).
+fn open_the_way(env: &Env) {
+    std::fs::set_permissions(env.fs.scratch(), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn chunk_count(store: &Path) -> usize {
+    walk(store)
+        .filter(|p| p.file_name().is_some_and(|n| n.len() == 64))
+        .count()
+}
+
+fn walk(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.into_iter()
+}
+
+/// A user who can write a directory inside the tree plants
+/// `shared/.ebb/config.json` naming a store of theirs: root's routine
+/// `ebb archive -r ROOT` still puts `shared/`'s files in the real tree's
+/// catalog and store, and says the planted one is not a tree. (The old
+/// lookup took the nearest `.ebb/config.json`: the files went to the
+/// user's store and catalog.)
+#[test]
+fn a_planted_state_dir_does_not_capture_roots_work() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    open_the_way(&env);
+    let shared = env.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // A store the user owns, in the shape ebb makes (a second tree's).
+    let theirs = env.fs.scratch().join("theirs");
+    let their_store = env.fs.scratch().join("their-store");
+    std::fs::create_dir(&theirs).unwrap();
+    ebb([
+        OsStr::new("init"),
+        theirs.as_os_str(),
+        OsStr::new("--store"),
+        their_store.as_os_str(),
+    ])
+    .ok();
+    sh("chown -R 65534:65534 \"$1\"", &[their_store.as_os_str()]).ok();
+    let config = std::fs::read_to_string(theirs.join(".ebb/config.json")).unwrap();
+    let planted = as_nobody(
+        "mkdir \"$1/.ebb\" && printf '%s' \"$2\" > \"$1/.ebb/config.json\" && echo planted",
+        &[shared.as_os_str(), OsStr::new(&config)],
+    );
+    assert!(planted.out().contains("planted"), "{planted:?}");
+    let data = seeded_bytes(700_000, 120);
+    let victim = shared.join("victim.bin");
+    write_file(&victim, &data);
+
+    let run = ebb([
+        OsStr::new("archive"),
+        OsStr::new("-r"),
+        OsStr::new("--json"),
+        env.root.as_os_str(),
+    ])
+    .ok();
+    assert!(
+        run.stderr.contains("not a state directory ebb made"),
+        "the planted one is named: {}",
+        run.stderr
+    );
+    assert_eq!(chunk_count(&their_store), 0, "nothing went to their store");
+    assert!(
+        !shared.join(".ebb/catalog.db").exists(),
+        "no catalog made in the planted directory"
+    );
+    let st = env.status(&victim);
+    assert_eq!(st["managed"], true, "{st}");
+    assert!(chunk_count(&env.store) > 0);
+    // And its release is the real tree's: served, exact.
+    env.start_daemon();
+    assert_eq!(env.release(&victim)["result"], "released");
+    assert_reads(&victim, &data);
+}
+
+/// A tree's state names every path in it: `.ebb` is root's only, from
+/// `init` on, and a tree made before that is tightened by the next
+/// command (the old `.ebb` was 0755, its catalog 0644: any user listed
+/// every path, 0700 directories included).
+#[test]
+fn a_trees_state_is_roots_only() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    open_the_way(&env);
+    let (path, _) = env.released_file("secret/plan.bin", &seeded_bytes(100_000, 121));
+    std::fs::set_permissions(env.path("secret"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let state = env.root.join(".ebb");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    let peek = |what: &str| {
+        as_nobody(
+            "cat \"$1/catalog.db\" \"$1/catalog.db-wal\" 2>&1 | grep -c plan.bin; ls \"$1\" 2>&1",
+            &[state.as_os_str()],
+        )
+        .out()
+        .contains("Permission denied")
+        .then_some(())
+        .unwrap_or_else(|| panic!("{what}: nobody read the tree's state"))
+    };
+    peek("after init");
+    // An older tree's state directory, open to all, is closed again.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.status(&path);
+    assert_eq!(mode(&state), 0o700, "tightened by the next command");
+    peek("after the next command");
+}
+
+/// A tree inside another is refused in one line, naming both.
+#[test]
+fn a_tree_inside_a_tree_is_refused() {
+    ebb::require_root!();
+    let env = Env::bare(300);
+    let inner = env.path("inner");
+    std::fs::create_dir(&inner).unwrap();
+    let inner_store = env.fs.scratch().join("inner-store");
+    ebb([
+        OsStr::new("init"),
+        inner.as_os_str(),
+        OsStr::new("--store"),
+        inner_store.as_os_str(),
+    ])
+    .ok();
+    // The outer one: `init` does not look below the directory it is given.
+    env.init();
+    let file = inner.join("f.bin");
+    write_file(&file, b"inside two trees");
+    let run = ebb([OsStr::new("status"), OsStr::new("--json"), file.as_os_str()]).fails();
+    let error = run.json1()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("inside another") && error.contains(inner.to_str().unwrap()),
+        "{error}"
+    );
+}
