@@ -28,7 +28,8 @@ fn as_nobody(script: &str, args: &[&OsStr]) -> Run {
 
 /// Let nobody reach the test filesystem (it lives in a 0700 temp dir).
 fn open_the_way(env: &Env) {
-    std::fs::set_permissions(env.fs.scratch(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(env.fs.scratch(), std::fs::Permissions::from_mode(0o755))
+        .expect("opening the scratch directory to all");
 }
 
 fn chunk_count(store: &Path) -> usize {
