@@ -131,14 +131,15 @@ fn a_trees_state_is_roots_only() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&state), 0o700);
     let peek = |what: &str| {
-        as_nobody(
+        let run = as_nobody(
             "cat \"$1/catalog.db\" \"$1/catalog.db-wal\" 2>&1 | grep -c plan.bin; ls \"$1\" 2>&1",
             &[state.as_os_str()],
-        )
-        .out()
-        .contains("Permission denied")
-        .then_some(())
-        .unwrap_or_else(|| panic!("{what}: nobody read the tree's state"))
+        );
+        assert!(
+            run.out().contains("Permission denied"),
+            "{what}: nobody read the tree's state: {}",
+            run.out()
+        );
     };
     peek("after init");
     // An older tree's state directory, open to all, is closed again.
