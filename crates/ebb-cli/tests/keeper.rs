@@ -249,20 +249,18 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     assert!(format!("{err:#}").contains("not a socket"), "{err:#}");
 }
 
+/// A client that connects and says nothing is dropped, told why, and the
+/// next one is answered (the keeper serves clients one at a time: a silent
+/// one would otherwise hold every other off for good).
 #[test]
-fn a_silent_client_does_not_block_the_others_for_long() {
+fn a_silent_client_is_dropped_and_the_others_answered() {
     let (_dir, socket) = scratch();
     let k = Running::start(&socket);
     let silent = UnixStream::connect(&socket).expect("connect");
-    // Let the keeper pick the silent one first.
-    std::thread::sleep(Duration::from_millis(100));
-    let start = Instant::now();
     let c = KeeperClient::connect(&socket)
         .expect("connect")
         .expect("answers");
     assert_eq!(c.pid().expect("pid"), std::process::id());
-    let waited = start.elapsed();
-    assert!(waited < Duration::from_secs(6), "blocked {waited:?}");
     // The silent client was told why it was dropped.
     let mut answer = String::new();
     BufReader::new(&silent)
@@ -274,10 +272,7 @@ fn a_silent_client_does_not_block_the_others_for_long() {
 
 #[test]
 fn a_socket_of_another_user_is_refused_clearly() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: chown needs root");
-        return;
-    }
+    ebb::require_root!();
     let (_dir, socket) = scratch();
     std::fs::create_dir_all(socket.parent().expect("dir")).expect("mkdir");
     let listener = UnixListener::bind(&socket).expect("bind");
@@ -305,27 +300,11 @@ fn a_socket_of_another_user_is_refused_clearly() {
     );
 }
 
-/// Helper run by the next test as another user: speaks to the keeper at
-/// `EBB_TEST_KEEPER_SOCKET` and prints its answer. Does nothing otherwise.
-#[test]
-fn foreign_peer_helper() {
-    let Some(socket) = std::env::var_os("EBB_TEST_KEEPER_SOCKET") else {
-        return;
-    };
-    let sock = UnixStream::connect(socket).expect("connect");
-    // The keeper may refuse (and hang up) before it reads: no `expect`.
-    let _ = (&sock).write_all(b"{\"op\":\"get\"}\n");
-    let mut answer = String::new();
-    BufReader::new(&sock).read_line(&mut answer).expect("read");
-    println!("ANSWER {answer}");
-}
-
+/// A peer of another uid (nobody, a real process) that asks the keeper
+/// for its fds is refused, and the fds stay kept.
 #[test]
 fn the_keeper_refuses_a_peer_of_another_uid() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: running as another user needs root");
-        return;
-    }
+    ebb::require_root!();
     let (dir, socket) = scratch();
     let k = Running::start(&socket);
     let c = k.client();
@@ -340,14 +319,18 @@ fn the_keeper_refuses_a_peer_of_another_uid() {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-    let out = Command::new(std::env::current_exe().expect("test binary"))
+    // The keeper may refuse (and hang up) before it reads the request.
+    let out = Command::new("/usr/bin/python3")
         .args([
-            "--exact",
-            "foreign_peer_helper",
-            "--nocapture",
-            "--test-threads=1",
+            "-c",
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.connect(sys.argv[1])\n\
+             try:\n    s.sendall(b'{\"op\":\"get\"}\\n')\n\
+             except OSError:\n    pass\n\
+             print('ANSWER', s.makefile().readline(), flush=True)",
         ])
-        .env("EBB_TEST_KEEPER_SOCKET", &socket)
+        .arg(&socket)
         .uid(65534)
         .gid(65534)
         .stdin(Stdio::null())
@@ -375,7 +358,6 @@ fn the_keeper_refuses_a_peer_of_another_uid() {
 fn spawn_reports_a_keeper_that_dies_at_once() {
     let (dir, socket) = scratch();
     let log = dir.path().join("keeper.log");
-    let start = Instant::now();
     let err = KeeperClient::spawn(Path::new("/bin/false"), &socket, &log)
         .expect_err("/bin/false is no keeper");
     let msg = format!("{err:#}");
@@ -383,7 +365,6 @@ fn spawn_reports_a_keeper_that_dies_at_once() {
         msg.contains("exited") && msg.contains("keeper.log"),
         "{msg}"
     );
-    assert!(start.elapsed() < Duration::from_secs(5));
 }
 
 /// With the real binary, once it has `ebb keeper`: a detached process in a
@@ -391,16 +372,6 @@ fn spawn_reports_a_keeper_that_dies_at_once() {
 #[test]
 fn spawn_starts_a_detached_keeper() {
     let ebb = Path::new(env!("CARGO_BIN_EXE_ebb"));
-    let has_keeper = Command::new(ebb)
-        .args(["keeper", "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_keeper {
-        eprintln!("skipped: this ebb has no `keeper` subcommand yet");
-        return;
-    }
     let (dir, socket) = scratch();
     let log = dir.path().join("keeper.log");
     let c = KeeperClient::spawn(ebb, &socket, &log).expect("spawn");

@@ -802,10 +802,9 @@ mod tests {
     fn a_silent_client_times_out() {
         let mut k = keeper();
         let (client, server) = UnixStream::pair().expect("pair");
-        let start = Instant::now();
+        // It returns at all (the test's own deadline catches a hang).
         let err = k.serve(&server).expect_err("nothing came");
         assert!(format!("{err:#}").contains("within"), "{err:#}");
-        assert!(start.elapsed() < IO_TIMEOUT + Duration::from_secs(1));
         // It is told why.
         drop(server);
         let mut answer = String::new();
