@@ -91,12 +91,9 @@ fn bench_failover_no_reader_sees_an_error_or_a_wrong_byte() {
         report["reads_checked"].as_u64().unwrap() > 100,
         "{report:#}"
     );
-    // "No reader blocked after the last restart": each read has a 60 s
-    // timeout of its own; this bounds the wait for all of them.
-    assert!(
-        report["final_drain_ms"].as_f64().unwrap() < 60_000.0,
-        "{report:#}"
-    );
+    // Stubs kept coming: the readers read released files, not only files
+    // the first round brought back.
+    assert!(report["rereleased"].as_u64().unwrap() > 0, "{report:#}");
 }
 
 /// The snapshot benchmark (issue 5, requirement 7) at a small size on both
@@ -170,7 +167,13 @@ fn bench_journal_runs_small_and_loses_nothing() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     println!("{report:#}");
     assert_eq!(report["lost"], 0, "{report}");
-    assert_eq!(report["events"], 2 * 2000 * 3);
+    // Named by the journal itself (`lost` counts against its answer too):
+    // every file of both producers, in each timed run.
+    let runs = report["journal_runs_secs"].as_array().unwrap().len() as u64;
+    assert!(
+        report["named"].as_u64().unwrap() >= runs * 2 * 2000,
+        "{report}"
+    );
     for field in [
         "bare_events_per_sec",
         "journal_events_per_sec",

@@ -256,3 +256,48 @@ fn a_runtime_directory_that_is_a_symlink_is_refused() {
         "a refused daemon left its socket"
     );
 }
+
+/// A log that cannot be written (its disk full: the daemon's log lives in
+/// the tree) never stops the daemon. With stderr on `/dev/full` every log
+/// line fails; tracing-subscriber used to report that with `eprintln!` to
+/// the same stderr, which panicked: the daemon died at its first log line,
+/// and readers of released files waited on the keeper for good.
+#[test]
+fn a_daemon_whose_log_cannot_be_written_still_serves() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let data = seeded_bytes(1_500_000, 130);
+    let (path, _) = env.released_file("logless.bin", &data);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let mut daemon = KillOnDrop::spawn(
+        ebb_command()
+            .arg("daemon")
+            .arg(&env.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(full),
+    );
+    let sock = env.root.join(".ebb/daemon.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            daemon.0.try_wait().expect("try_wait").is_none(),
+            "the daemon died at its first log line"
+        );
+        assert!(Instant::now() < deadline, "the daemon never served");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_reads(&path, &data);
+    // Each fill it logged (a file all back) failed to reach the log; it
+    // goes on: a release through it, and a read.
+    let (other, _) = env.released_file("other.bin", &data);
+    assert_reads(&other, &data);
+    assert!(
+        daemon.0.try_wait().expect("try_wait").is_none(),
+        "the daemon died"
+    );
+    stats(&env.root);
+}

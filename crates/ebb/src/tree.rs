@@ -377,13 +377,16 @@ pub fn trusted_state_dir(dir: &Path) -> bool {
 
 /// Say once per process that `state` looks like a tree's and is not one.
 fn warn_once_untrusted(state: &Path) {
+    use std::io::Write;
     static SAID: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     let mut said = SAID
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !said.iter().any(|p| p == state) {
         said.push(state.to_path_buf());
-        eprintln!(
+        // Not `eprintln!`, which panics when stderr cannot be written.
+        let _ = writeln!(
+            std::io::stderr(),
             "ebb: warning: {} is not a state directory ebb made (not root's own, or a symlink, or on another filesystem): not taken for a tree",
             state.display()
         );

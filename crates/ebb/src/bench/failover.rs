@@ -58,6 +58,9 @@ pub struct Report {
     pub error_samples: Vec<String>,
     /// Events a restarted daemon found unanswered and served, in all.
     pub redriven: u64,
+    /// Files released again between restarts (stubs kept coming): with
+    /// none, the readers would only have read resident files.
+    pub rereleased: u64,
     pub takeover_p50_ms: f64,
     pub takeover_p99_ms: f64,
     pub takeover_max_ms: f64,
@@ -194,13 +197,20 @@ fn supervise(
             return Ok(());
         }
         // Keep stubs coming: release a few files each time (one in use is
-        // busy; that is fine).
+        // busy, one already released unchanged; that is fine).
         let mut release = Command::new(&opts.exe);
-        release.arg("release");
+        release.args(["release", "--json"]);
         for _ in 0..4 {
             release.arg(&files[rng.gen_range(0..files.len())].path);
         }
-        let _ = release.output();
+        let out = release.output().context("running ebb release")?;
+        report.rereleased += String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .is_ok_and(|v| v["result"] == "released")
+            })
+            .count() as u64;
     }
 }
 

@@ -61,6 +61,9 @@ pub struct Report {
     pub journal_answer_secs: f64,
     /// Paths missing from the journal's answers, all runs (goal 0).
     pub lost: u64,
+    /// Distinct paths the journal's answers named, all runs (at least
+    /// every file made: a count the journal gives, not the bench).
+    pub named: u64,
     /// Files each producer made before each timed run.
     pub prefill_files: usize,
     pub repo_files: usize,
@@ -106,6 +109,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         caught_up: mean(journal_runs.iter().map(|r| r.caught_up)),
         took: mean(journal_runs.iter().map(|r| r.took)),
         lost: journal_runs.iter().map(|r| r.lost).sum(),
+        named: journal_runs.iter().map(|r| r.named).sum(),
     };
 
     let fs = new_fs()?;
@@ -196,6 +200,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         journal_backlog_secs: (journal.caught_up - journal.produced).as_secs_f64(),
         journal_answer_secs: (journal.took - journal.caught_up).as_secs_f64(),
         lost: journal.lost,
+        named: journal.named,
         prefill_files: opts.prefill,
         repo_files: opts.repo_files,
         status_warm_plain_ms: warm[0],
@@ -221,6 +226,8 @@ struct Ingest {
     took: Duration,
     /// Final paths missing from the answer.
     lost: u64,
+    /// Distinct paths the answer named.
+    named: u64,
 }
 
 /// [`produce`] in a new directory of a fresh tree that the daemon serves,
@@ -260,6 +267,7 @@ fn journal_ingest(opts: &Options) -> Result<Ingest> {
         caught_up,
         took,
         lost,
+        named: present.len() as u64,
     })
 }
 

@@ -335,9 +335,13 @@ fn init_logging(daemon: bool) {
     let default = if daemon { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A log that cannot be written (its disk full: the daemon's log lives
+    // in the tree) is not a reason to stop: tracing-subscriber would say
+    // so with `eprintln!` to the same stderr, which panics when it fails.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(daemon && std::io::stderr().is_terminal())
         .try_init();
 }

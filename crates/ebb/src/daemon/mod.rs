@@ -560,6 +560,8 @@ fn serve_request(
         },
         Request::Stats => serde_json::to_value(populator.stats())
             .map(|mut v| {
+                v["unanswered"] = populator.unanswered().into();
+                v["reading"] = populator.can_read().into();
                 if let Ok(recorder) = journal {
                     v["journal_index_lag"] = recorder.index_lag().into();
                 }

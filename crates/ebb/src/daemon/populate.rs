@@ -283,6 +283,11 @@ impl Populator {
         &self.stats
     }
 
+    /// Events read and not answered yet.
+    pub fn unanswered(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// Whether nothing is left to do: no event unanswered, no fill in
     /// flight or unrecorded.
     pub fn is_idle(&self) -> bool {
