@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rand::{Rng, RngCore, SeedableRng};
 
-use super::{is_alive, quantile, start_daemon, stop_daemon, Pid};
+use super::{is_alive, quantile, start_daemon, stop_daemon, stop_keeper, Pid};
 use crate::hsm::{self, NoProgress};
 use crate::testing::LoopFs;
 use crate::tree::Tree;
@@ -137,6 +137,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         )
     });
     stop_daemon(daemon);
+    stop_keeper(&root);
     supervised?;
 
     report.reads_checked = counters.reads.load(Ordering::Relaxed);

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{changes, drop_caches, start_daemon, Daemon};
+use super::{changes, drop_caches, Daemon};
 use crate::sys::fanotify::{EventBuffer, Group, InitOptions};
 use crate::testing::LoopFs;
 use crate::tree::Tree;
@@ -114,7 +114,7 @@ pub fn run(opts: &Options) -> Result<Report> {
 
     let fs = new_fs()?;
     let root = new_tree(&fs)?;
-    let daemon = Daemon(start_daemon(&opts.exe, &root, None)?);
+    let daemon = Daemon::start(&opts.exe, &root)?;
 
     // git status on a generated repository.
     let repo = root.join("repo");
@@ -159,11 +159,11 @@ pub fn run(opts: &Options) -> Result<Report> {
 
     // Restart after downtime: repair by crawl vs hashing everything.
     let token = changes(&opts.exe, &root, None)?;
-    drop(daemon);
+    daemon.pause();
     std::fs::write(repo.join("changed-while-down"), b"x")?;
     drop_caches()?;
     let started = Instant::now();
-    let daemon = Daemon(start_daemon(&opts.exe, &root, None)?);
+    let daemon = Daemon::start(&opts.exe, &root)?;
     // While the crawl runs, a query may be told "everything" (a gap is
     // being repaired): ask until the answer is exact.
     let answer = loop {
@@ -236,7 +236,7 @@ fn journal_ingest(opts: &Options) -> Result<Ingest> {
     let (exe, files) = (opts.exe.as_path(), opts.files);
     let fs = new_fs()?;
     let tree = new_tree(&fs)?;
-    let _daemon = Daemon(start_daemon(exe, &tree, None)?);
+    let _daemon = Daemon::start(exe, &tree)?;
     wait_until_exact(exe, &tree)?;
     prefill(&tree, opts.prefill)?;
     let dir = tree.join("journaled");

@@ -104,12 +104,49 @@ pub fn stop_daemon(pid: Pid) {
     }
 }
 
-/// A daemon the benchmark started, stopped when dropped.
-pub struct Daemon(pub Pid);
+/// Stop the keeper that holds `root`'s events (a stopped daemon leaves
+/// it, for the next one): a benchmark leaves nothing running.
+pub fn stop_keeper(root: &Path) {
+    use crate::failover::keeper::{socket_path, KeeperClient};
+    let Ok(tree) = crate::tree::Tree::open(root) else {
+        return;
+    };
+    if let Ok(Some(keeper)) = KeeperClient::connect(&socket_path(&tree.config().id)) {
+        let _ = keeper.stop();
+    }
+}
+
+/// A daemon the benchmark started; when dropped, it is stopped, and so is
+/// its keeper unless it was only paused.
+pub struct Daemon {
+    pid: Pid,
+    root: std::path::PathBuf,
+    keep_keeper: bool,
+}
+
+impl Daemon {
+    /// `ebb daemon ROOT --background`.
+    pub fn start(exe: &Path, root: &Path) -> Result<Daemon> {
+        Ok(Daemon {
+            pid: start_daemon(exe, root, None)?,
+            root: root.to_path_buf(),
+            keep_keeper: false,
+        })
+    }
+
+    /// Stop the daemon only (SIGTERM): its keeper keeps the tree's events
+    /// for the next daemon, as across a restart.
+    pub fn pause(mut self) {
+        self.keep_keeper = true;
+    }
+}
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        stop_daemon(self.0);
+        stop_daemon(self.pid);
+        if !self.keep_keeper {
+            stop_keeper(&self.root);
+        }
     }
 }
 

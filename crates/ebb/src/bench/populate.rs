@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use rand::{Rng, RngCore, SeedableRng};
 
-use super::{drop_caches, quantile, read_sequentially, start_daemon, stop_daemon, Pid};
+use super::{drop_caches, quantile, read_sequentially, Daemon};
 use crate::hsm::{self, NoProgress};
 use crate::testing::LoopFs;
 use crate::tree::Tree;
@@ -59,15 +59,6 @@ pub struct Report {
     pub random_released_p99_us: f64,
 }
 
-/// Stops the daemon it started when dropped, even on error.
-struct Daemon(Pid);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        stop_daemon(self.0);
-    }
-}
-
 pub fn run(opts: &Options) -> Result<Report> {
     let fs = LoopFs::xfs((opts.size >> 20) * 2 + 300)?;
     let root = fs.path().join("tree");
@@ -93,7 +84,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     // Measured right before the daemon starts, not before archiving: the
     // archive's own reads and writes change how fast warm reads are.
     let warm_no_daemon = best_of(opts.repeats, || read_sequentially(&path))?;
-    let daemon = Daemon(start_daemon(&opts.exe, &root, None)?);
+    let daemon = Daemon::start(&opts.exe, &root)?;
     read_sequentially(&path)?; // the first read adds the ignore mark
     let warm_under_mark = best_of(opts.repeats, || read_sequentially(&path))?;
     let cold_released = median_of(opts.repeats, || {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{changes, quantile, start_daemon, Daemon};
+use super::{changes, quantile, Daemon};
 use crate::journal::db::{After, Journal};
 use crate::journal::{Change, Kind};
 use crate::remote::client::{Remote, Subscription};
@@ -134,7 +134,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     for d in 0..DIRS {
         std::fs::create_dir(root.join(format!("d{d:02}")))?;
     }
-    let _daemon = Daemon(start_daemon(&opts.exe, &root, None)?);
+    let _daemon = Daemon::start(&opts.exe, &root)?;
     let serve = start_serve(&opts.exe, &root)?;
     let t0 = changes(&opts.exe, &root, None)?;
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 
-use super::{drop_caches, start_daemon, stop_daemon, Pid};
+use super::{drop_caches, Daemon};
 use crate::daemon::monotonic_ns;
 use crate::testing::{write_fragmented, FsKind, LoopFs};
 use crate::tree::Tree;
@@ -65,15 +65,6 @@ pub struct Report {
     pub changed_ranges_vs_compare: f64,
 }
 
-/// Stops the daemon it started when dropped, even on error.
-struct Daemon(Pid);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        stop_daemon(self.0);
-    }
-}
-
 pub fn run(opts: &Options) -> Result<Report> {
     let fs = LoopFs::new(opts.fs, (opts.size >> 20) * 3 + 400)?;
     let root = fs.path().join("tree");
@@ -88,7 +79,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     let path = root.join("vm.img");
     write_fragmented(&path, opts.size, |at| (at >> 12) as u8 ^ 0x5a)?;
     let extents = crate::sys::extents::fiemap(File::open(&path)?.as_fd(), 0, u64::MAX)?.len();
-    let daemon = Daemon(start_daemon(&opts.exe, &root, None)?);
+    let daemon = Daemon::start(&opts.exe, &root)?;
 
     let baseline = root.join("vm.img@ficlone");
     let ficlone = with_probes(opts, &path, || {
