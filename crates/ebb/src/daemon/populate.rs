@@ -182,6 +182,32 @@ struct Stub {
     read_ahead_to: usize,
 }
 
+impl Stub {
+    /// The fd fills write through, opened on first need (see `file`).
+    fn fill_fd(&mut self, root: &std::path::Path) -> Result<Arc<File>> {
+        if let Some(file) = &self.file {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(open_for_filling(root, &self.handle)?);
+        self.file = Some(file.clone());
+        Ok(file)
+    }
+
+    /// The job that fills chunk `index` of this stub (`id`) through `file`.
+    fn job(&self, id: FileId, index: usize, file: &Arc<File>) -> FillJob {
+        FillJob {
+            file_id: id,
+            index,
+            chunk: self.manifest[index],
+            limit: self.valid_len,
+            handle: self.handle.clone(),
+            file: file.clone(),
+            write_lock: self.write_lock.clone(),
+            sync: self.sync.clone(),
+        }
+    }
+}
+
 /// A permission event read and not yet answered.
 struct Waiting {
     /// Chunk fills it still waits for.
@@ -473,36 +499,23 @@ impl Populator {
             .stubs
             .get_mut(&stub)
             .expect("lookup returned a cached stub");
-        let keep = match &entry.file {
-            Some(keep) => keep.clone(),
-            None => match open_for_filling(&self.root, &entry.handle) {
-                Ok(keep) => entry.file.insert(Arc::new(keep)).clone(),
-                Err(e) => {
-                    tracing::error!(
-                        "{}: cannot open it for filling ({e:#}); the access gets EIO",
-                        entry.path.display()
-                    );
-                    drop(file);
-                    self.respond(id, Response::DenyErrno(libc::EIO));
-                    return;
-                }
-            },
+        let keep = match entry.fill_fd(&self.root) {
+            Ok(keep) => keep,
+            Err(e) => {
+                tracing::error!(
+                    "{}: cannot open it for filling ({e:#}); the access gets EIO",
+                    entry.path.display()
+                );
+                drop(file);
+                self.respond(id, Response::DenyErrno(libc::EIO));
+                return;
+            }
         };
         let file = Arc::new(file);
         for &index in &missing {
             let waiters = self.fills.entry((stub, index)).or_insert_with(|| {
                 entry.fills_in_flight += 1;
-                let job = FillJob {
-                    file_id: stub,
-                    index,
-                    chunk: entry.manifest[index],
-                    limit: entry.valid_len,
-                    handle: entry.handle.clone(),
-                    file: keep.clone(),
-                    write_lock: entry.write_lock.clone(),
-                    sync: entry.sync.clone(),
-                };
-                if self.jobs.send(job).is_err() {
+                if self.jobs.send(entry.job(stub, index, &keep)).is_err() {
                     tracing::error!("the fill workers are gone");
                 }
                 Vec::new()
@@ -574,29 +587,15 @@ impl Populator {
         let Some(entry) = self.stubs.get_mut(&stub) else {
             return;
         };
-        let keep = match &entry.file {
-            Some(keep) => keep.clone(),
-            None => match open_for_filling(&self.root, &entry.handle) {
-                Ok(keep) => entry.file.insert(Arc::new(keep)).clone(),
-                // Its readers fill what they need themselves.
-                Err(_) => return,
-            },
+        // Its readers fill what they need themselves if this fails.
+        let Ok(keep) = entry.fill_fd(&self.root) else {
+            return;
         };
         for index in from..to {
             if entry.resident.contains(index) || self.fills.contains_key(&(stub, index)) {
                 continue;
             }
-            let job = FillJob {
-                file_id: stub,
-                index,
-                chunk: entry.manifest[index],
-                limit: entry.valid_len,
-                handle: entry.handle.clone(),
-                file: keep.clone(),
-                write_lock: entry.write_lock.clone(),
-                sync: entry.sync.clone(),
-            };
-            if self.ahead.try_send(job).is_err() {
+            if self.ahead.try_send(entry.job(stub, index, &keep)).is_err() {
                 // Workers have enough ahead: the rest on a later read.
                 entry.read_ahead_to = index;
                 return;
