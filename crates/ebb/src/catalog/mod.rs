@@ -209,12 +209,6 @@ impl FileRecord {
             || (!self.filling && stat.ctime != self.expected.ctime)
     }
 
-    /// Whether a difference in `stat` may be ebb's own doing: a fill that
-    /// stopped before its put-back of the mtime reached the disk.
-    fn changed_by_no_one_but_ebb(&self) -> bool {
-        self.filling
-    }
-
     /// Bytes of the archived version that are on disk.
     pub fn resident_bytes(&self) -> u64 {
         self.resident.bytes(&self.version.manifest)
@@ -579,7 +573,7 @@ impl Catalog {
         if !rec.is_modified(stat) || rec.modified {
             return Ok(());
         }
-        let valid_len = if unseen && !rec.changed_by_no_one_but_ebb() {
+        let valid_len = if unseen && !rec.filling {
             0
         } else {
             rec.valid_len.min(stat.size)

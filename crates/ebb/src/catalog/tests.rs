@@ -208,3 +208,31 @@ fn manifest_decoding_rejects_damage() {
     gap[1 + MANIFEST_ENTRY] = 99; // second chunk's offset no longer follows the first
     assert!(decode_manifest(&gap).is_err());
 }
+
+/// A catalog an older ebb made (schema 1, no `filling` column) opens and
+/// is brought up to date, its rows kept.
+#[test]
+fn a_schema_1_catalog_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.db");
+    let id = {
+        let mut cat = Catalog::create(&path).expect("create");
+        cat.record_archive(
+            &identity(7),
+            Path::new("/t/old"),
+            &stat(300, 10),
+            "h",
+            &manifest(3),
+        )
+        .expect("archive")
+    };
+    {
+        let conn = rusqlite::Connection::open(&path).expect("raw");
+        conn.execute_batch("ALTER TABLE files DROP COLUMN filling; PRAGMA user_version=1;")
+            .expect("back to schema 1");
+    }
+    let cat = Catalog::open(&path).expect("open an older catalog");
+    let rec = cat.file_by_id(id).expect("q").expect("kept");
+    assert!(!rec.filling);
+    assert_eq!(rec.path, Path::new("/t/old"));
+}
