@@ -17,7 +17,7 @@
 //! 4. Release the reserved numbers.
 
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
@@ -445,12 +445,28 @@ fn files_of_process(pid: i32) -> Vec<File> {
             }
         }
     }
-    // Checked before opening: opening a FIFO would block.
     paths
         .into_iter()
-        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
-        .filter_map(|p| File::open(p).ok())
+        .filter_map(|p| open_regular_file(&p))
         .collect()
+}
+
+/// `path` opened for reading if it is a regular file, with nothing else
+/// opened at all: first as an `O_PATH` fd (which opens no device and waits
+/// on no FIFO), checked, then that very inode opened for reading through
+/// it. A path another process named can be swapped under us between a
+/// check by name and an open by name; not between these two.
+fn open_regular_file(path: &std::path::Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .ok()?;
+    if !handle.metadata().ok()?.is_file() {
+        return None;
+    }
+    File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())).ok()
 }
 
 /// `execve(2)` and `execveat(2)` on x86-64 and aarch64.
@@ -520,5 +536,27 @@ mod kept_for_tests {
         ] {
             assert!(KeptFor::parse(bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a regular file is opened; a FIFO (which would block a plain
+    /// open), a device and a directory are not opened at all.
+    #[test]
+    fn only_regular_files_of_other_processes_are_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").expect("write");
+        assert!(open_regular_file(&file).is_some());
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        // With no writer, a plain open for reading would wait for good.
+        assert!(open_regular_file(&fifo).is_none());
+        assert!(open_regular_file(Path::new("/dev/null")).is_none());
+        assert!(open_regular_file(dir.path()).is_none());
+        assert!(open_regular_file(&dir.path().join("missing")).is_none());
     }
 }
