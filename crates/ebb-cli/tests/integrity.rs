@@ -782,7 +782,8 @@ fn a_power_cut_before_a_fill_put_the_mtime_back_is_not_taken_for_a_change() {
 /// A write synced into a range the daemon just filled survives a power
 /// cut: the fill's residency was durable before the writer was let
 /// through (the old daemon's was not, and its next fill wrote the archived
-/// bytes back over the synced zeros).
+/// bytes back over the synced zeros). The catalog's syncer is held 3 s, so
+/// a daemon that let the writer through before it would be caught.
 #[test]
 fn a_synced_write_over_a_fresh_fill_survives_a_power_cut() {
     ebb::require_root!();
@@ -790,7 +791,12 @@ fn a_synced_write_over_a_fresh_fill_survives_a_power_cut() {
     let data = seeded_bytes(2_000_000, 95);
     assert!(data[..65536].iter().any(|&b| b != 0));
     let (path, _) = env.released_file("overwritten.bin", &data);
-    env.start_daemon();
+    env.start_daemon_with(
+        |cmd| {
+            cmd.env("EBB_TEST_PAUSE", "wal-sync:3000");
+        },
+        COMMAND_TIMEOUT,
+    );
     python(
         "import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY)\nos.pwrite(fd, bytes(65536), 0)\nos.fsync(fd)",
         &[path.as_os_str()],

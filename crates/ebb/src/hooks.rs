@@ -9,7 +9,8 @@
 //! Points: `fill-sized` (a fill worker read the file's size and has not
 //! written yet), `fill-written` (it wrote its chunk and has not put the
 //! mtime back), `release-guarded` (release holds new opens of the file
-//! and has not yet had the daemon mark the filesystem).
+//! and has not yet had the daemon mark the filesystem), `wal-sync` (the
+//! catalog's syncer is about to make residency records durable).
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -17,6 +17,7 @@
 //! is answered, the keeper stops; it is refused while a stub remains.
 
 pub mod control;
+mod durable;
 mod fill;
 mod mark;
 mod populate;
@@ -185,6 +186,10 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     let (job_tx, job_rx) = crossbeam_channel::unbounded();
     let (ahead_tx, ahead_rx) = crossbeam_channel::bounded(READ_AHEAD_CHUNKS);
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let (synced_tx, synced_rx) = crossbeam_channel::unbounded();
+    let mut wal = tree.catalog_path().into_os_string();
+    wal.push("-wal");
+    let sync = durable::spawn(wal.into(), synced_tx, poke.clone())?;
     for i in 0..opts.workers.clamp(1, MAX_WORKERS) {
         let worker = fill::Worker {
             index: i,
@@ -224,6 +229,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
         catalog,
         job_tx,
         ahead_tx,
+        sync,
         snapshots,
     );
     if fresh {
@@ -252,6 +258,7 @@ pub fn run(tree: &Tree, opts: &Options) -> Result<()> {
     }
     let channels = Channels {
         fills: done_rx,
+        synced: synced_rx,
         control: ctl_rx,
         snapshots: snap_rx,
         journal: recorder,
@@ -410,6 +417,8 @@ pub fn silence_own_program(group: &Group) {
 /// What the loop hears from its threads.
 struct Channels {
     fills: Receiver<FillDone>,
+    /// The catalog's syncer (see `durable.rs`).
+    synced: Receiver<durable::Synced>,
     control: Receiver<Incoming>,
     snapshots: Receiver<snapshots::Msg>,
     /// The change journal's recorder, or why it is not running.
@@ -484,6 +493,9 @@ fn event_loop(
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => anyhow::bail!("every fill worker died"),
             }
+        }
+        while let Ok(synced) = channels.synced.try_recv() {
+            populator.on_synced(synced);
         }
         while let Ok(msg) = channels.snapshots.try_recv() {
             on_snapshot_msg(populator, msg);

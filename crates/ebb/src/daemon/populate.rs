@@ -164,6 +164,8 @@ struct Stub {
     /// `Populator::keep_writers_mtime`).
     last_put_back: Option<Timestamp>,
     written_since: bool,
+    /// The commit that last recorded its residency (see `durable.rs`).
+    recorded_in: u64,
     /// Serialises the fill workers' write + mtime restore on this file.
     write_lock: Arc<Mutex<()>>,
     /// Makes the workers' writes to it durable (see `GroupSync`).
@@ -240,6 +242,15 @@ pub struct Populator {
     fills: HashMap<(FileId, usize), Vec<EventId>>,
     /// Stubs whose residency changed since it was last recorded.
     unrecorded: HashSet<FileId>,
+    /// Residency commits made, and how many of them are durable (see
+    /// `durable.rs`); commit numbers go to the syncer.
+    committed: u64,
+    durable: u64,
+    sync: Sender<u64>,
+    /// Events answered once the commit numbered with them is durable
+    /// (their fds stay open until then), and stubs let go of then.
+    awaiting: Vec<(u64, EventId, Waiting)>,
+    retiring: Vec<(u64, FileId)>,
     /// Marked stubs the catalog does not hold, already logged.
     refused: HashSet<FileHandle>,
     /// Stubs whose catalog row says fills are under way, to be cleared
@@ -263,6 +274,7 @@ impl Populator {
         catalog: Catalog,
         jobs: Sender<FillJob>,
         ahead: Sender<FillJob>,
+        sync: Sender<u64>,
         snapshots: Snapshots,
     ) -> Populator {
         Populator {
@@ -278,6 +290,11 @@ impl Populator {
             waiting: HashMap::new(),
             fills: HashMap::new(),
             unrecorded: HashSet::new(),
+            committed: 0,
+            durable: 0,
+            sync,
+            awaiting: Vec::new(),
+            retiring: Vec::new(),
             refused: HashSet::new(),
             filling: HashMap::new(),
             jobs,
@@ -319,7 +336,11 @@ impl Populator {
     pub fn is_idle(&self) -> bool {
         // Fills ahead of a reader have no event waiting on them, and must
         // be done (and recorded) before the daemon stops all the same.
-        self.waiting.is_empty() && self.fills.is_empty() && self.unrecorded.is_empty()
+        self.waiting.is_empty()
+            && self.fills.is_empty()
+            && self.unrecorded.is_empty()
+            && self.awaiting.is_empty()
+            && self.retiring.is_empty()
     }
 
     /// Handle one event read from the group.
@@ -475,8 +496,14 @@ impl Populator {
         entry.last_access_end = chunks.end;
         let missing: Vec<usize> = entry.resident.missing_in(chunks.clone()).collect();
         if missing.is_empty() {
-            drop(file);
-            self.respond(id, Response::Allow);
+            // All on disk; answered once their record is durable (filled
+            // ahead, it may not be yet).
+            let response = match self.unrecorded.contains(&stub) {
+                true if self.record_residency().is_err() => Response::DenyErrno(libc::EIO),
+                _ => Response::Allow,
+            };
+            let needs = self.stubs.get(&stub).map_or(0, |s| s.recorded_in);
+            self.answer_when_durable(id, file, response, needs);
             if sequential {
                 self.fill_ahead(stub, chunks.end);
             }
@@ -889,6 +916,7 @@ impl Populator {
                 filling,
                 last_put_back: None,
                 written_since: false,
+                recorded_in: 0,
                 write_lock: Arc::default(),
                 sync: Arc::default(),
                 file: None,
@@ -965,14 +993,23 @@ impl Populator {
         // Idle stubs let go of their fds before any reader hears: once
         // its read returns, nothing of the daemon's holds the file (a
         // release right after the read would find it busy).
-        let idle: Vec<FileId> = self
+        let idle: Vec<(FileId, u64)> = self
             .stubs
             .iter()
             .filter(|(_, s)| s.fills_in_flight == 0 && s.file.is_some())
-            .map(|(id, _)| *id)
+            .filter(|(id, _)| !self.retiring.iter().any(|(_, r)| r == *id))
+            .map(|(id, s)| (*id, s.recorded_in))
             .collect();
-        for id in idle {
-            self.retire_if_complete(id);
+        for (id, needs) in idle {
+            // Silenced only once its record is durable: from then on its
+            // writes raise nothing, and one synced over a range the catalog
+            // lost would be filled over after a power cut.
+            if needs <= self.durable {
+                self.retire_if_complete(id);
+            } else {
+                self.retiring.push((needs, id));
+                self.ask_sync(needs);
+            }
         }
         // An event whose fills are still running (even failed ones) keeps
         // its fd, which they may write through, until they are done.
@@ -992,7 +1029,88 @@ impl Populator {
                 (None, Ok(())) => Response::Allow,
                 _ => Response::DenyErrno(libc::EIO),
             };
+            // Its chunks were recorded in the latest commit at the latest.
+            let needs = self.committed;
+            self.answer_waiting_when_durable(id, w, response, needs);
+        }
+    }
+
+    /// Answer event `id` (its fd is `file`) with `response`, now if commit
+    /// `needs` is durable or nothing is allowed, else once it is.
+    fn answer_when_durable(&mut self, id: EventId, file: File, response: Response, needs: u64) {
+        let w = Waiting {
+            pending: 0,
+            failure: None,
+            _fd: Arc::new(file),
+        };
+        self.answer_waiting_when_durable(id, w, response, needs);
+    }
+
+    fn answer_waiting_when_durable(
+        &mut self,
+        id: EventId,
+        w: Waiting,
+        response: Response,
+        needs: u64,
+    ) {
+        if response != Response::Allow || needs <= self.durable {
+            // Out of the table (closing its fd) before the answer.
             drop(w);
+            self.respond(id, response);
+            return;
+        }
+        self.awaiting.push((needs, id, w));
+        self.ask_sync(needs);
+    }
+
+    fn ask_sync(&mut self, upto: u64) {
+        if self.sync.send(upto).is_err() {
+            tracing::error!("the catalog's syncer is gone");
+        }
+    }
+
+    /// The syncer made commits up to `synced.upto` durable (or failed):
+    /// let go of the stubs and answer the events that waited for them.
+    pub fn on_synced(&mut self, synced: super::durable::Synced) {
+        let failed = synced.result.is_err();
+        if let Err(why) = &synced.result {
+            tracing::error!("{why}; readers waiting for it get EIO");
+        } else {
+            self.durable = self.durable.max(synced.upto);
+        }
+        let upto = synced.upto;
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
+            .into_iter()
+            .partition(|(needs, _)| *needs <= upto);
+        self.retiring = later;
+        for (_, id) in now {
+            // Busy again since (a new access set off fills, or they are
+            // not recorded yet): a later `settle` lets it go.
+            let busy = self.unrecorded.contains(&id)
+                || self.stubs.get(&id).is_some_and(|s| s.fills_in_flight > 0);
+            if busy {
+                continue;
+            }
+            if failed {
+                // Kept as a stub (not silenced); its fd goes.
+                if let Some(stub) = self.stubs.get_mut(&id) {
+                    stub.file = None;
+                }
+            } else {
+                self.retire_if_complete(id);
+            }
+        }
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting)
+            .into_iter()
+            .partition(|(needs, _, _)| *needs <= upto);
+        self.awaiting = later;
+        for (_, id, w) in now {
+            drop(w);
+            let response = if failed {
+                Response::DenyErrno(libc::EIO)
+            } else {
+                Response::Allow
+            };
             self.respond(id, response);
         }
     }
@@ -1003,11 +1121,10 @@ impl Populator {
         }
         let ids: Vec<FileId> = self.unrecorded.drain().collect();
         let stubs = &self.stubs;
-        // Durable before any reader hears: its access may be a write, which
-        // must never land on a range the catalog could still call missing
-        // after a power cut (the next fill would write over it).
-        let result = self.catalog.durably(|cat| {
-            cat.batch(|cat| {
+        // Not synced here: readers are answered once the syncer has made
+        // this commit durable (see `durable.rs`).
+        let result = self.catalog.batch(|cat| {
+            {
                 for id in &ids {
                     let Some(stub) = stubs.get(id) else { continue };
                     let Some(file) = &stub.file else { continue };
@@ -1028,11 +1145,23 @@ impl Populator {
                     cat.set_residency(*id, &stub.resident, &stat)?;
                 }
                 Ok(())
-            })
+            }
         });
-        result.map_err(|e| {
-            tracing::error!("recording filled chunks in the catalog: {e:#}; readers get EIO");
-        })
+        match result {
+            Ok(()) => {
+                self.committed += 1;
+                for id in &ids {
+                    if let Some(stub) = self.stubs.get_mut(id) {
+                        stub.recorded_in = self.committed;
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("recording filled chunks in the catalog: {e:#}; readers get EIO");
+                Err(())
+            }
+        }
     }
 
     /// Once no fill is in flight for a stub: let go of its fd, and if it is
