@@ -23,10 +23,13 @@ struct Serve {
 
 fn serve_on(env: &Env, listen: &str, args: &[&OsStr]) -> Serve {
     let mut cmd = ebb_command();
+    // Every test server without a secret says so (a secret is the default).
+    let with_secret = args.iter().any(|a| *a == "--token-file");
     cmd.arg("serve")
         .arg(&env.root)
         .args(["--listen", listen])
         .args(args)
+        .args((!with_secret).then_some("--no-auth"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -696,10 +699,16 @@ fn bad_requests_are_refused_in_one_line_and_the_server_stays_up() {
         env.root.as_os_str(),
         OsStr::new("--listen"),
         OsStr::new(&addr),
+        OsStr::new("--no-auth"),
     ])
     .fails();
     assert!(run.stderr.contains("cannot listen"), "{}", run.stderr);
-    let run = ebb([OsStr::new("serve"), env.fs.scratch().as_os_str()]).fails();
+    let run = ebb([
+        OsStr::new("serve"),
+        env.fs.scratch().as_os_str(),
+        OsStr::new("--no-auth"),
+    ])
+    .fails();
     assert!(run.stderr.contains("ebb init"), "{}", run.stderr);
     let fresh = env.fs.scratch().join("never-served");
     std::fs::create_dir(&fresh).expect("mkdir");
@@ -710,7 +719,12 @@ fn bad_requests_are_refused_in_one_line_and_the_server_stays_up() {
         env.fs.scratch().join("store2").as_os_str(),
     ])
     .ok();
-    let run = ebb([OsStr::new("serve"), fresh.as_os_str()]).fails();
+    let run = ebb([
+        OsStr::new("serve"),
+        fresh.as_os_str(),
+        OsStr::new("--no-auth"),
+    ])
+    .fails();
     assert!(
         run.stderr.contains("ebb daemon"),
         "no journal yet: {}",
@@ -879,4 +893,73 @@ fn tokens_the_journal_cannot_answer_get_rescan_then_live_events() {
             .starts_with(old.rsplit_once(':').expect("token").0),
         "tokens of the new journal name it"
     );
+}
+
+/// Issue "Other users": a secret on every address unless `--no-auth` is
+/// asked for on loopback; off loopback, TLS unless `--insecure`. (The old
+/// server streamed every change to any local user with no secret.)
+#[test]
+fn serve_needs_a_secret_unless_told_otherwise_on_loopback() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    env.start_daemon();
+    let secret = env.fs.scratch().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123\n").expect("secret");
+    let serve = |args: &[&OsStr]| {
+        let mut all = vec![OsStr::new("serve"), env.root.as_os_str()];
+        all.extend_from_slice(args);
+        ebb(all).fails().stderr
+    };
+    let said = serve(&[OsStr::new("--listen"), OsStr::new("127.0.0.1:0")]);
+    assert!(
+        said.contains("--token-file") && said.contains("--no-auth"),
+        "{said}"
+    );
+    let said = serve(&[
+        OsStr::new("--listen"),
+        OsStr::new("0.0.0.0:0"),
+        OsStr::new("--no-auth"),
+    ]);
+    assert!(said.contains("loopback only"), "{said}");
+    let said = serve(&[
+        OsStr::new("--listen"),
+        OsStr::new("0.0.0.0:0"),
+        OsStr::new("--token-file"),
+        secret.as_os_str(),
+    ]);
+    assert!(
+        said.contains("TLS") && said.contains("--insecure"),
+        "{said}"
+    );
+}
+
+/// A client without the secret gets one 401 and its connection is closed:
+/// it holds no server slot by staying connected.
+#[test]
+fn an_unauthorized_connection_is_closed_after_its_401() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    env.start_daemon();
+    let secret = env.fs.scratch().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123\n").expect("secret");
+    let server = serve_on(
+        &env,
+        "127.0.0.1:0",
+        &[OsStr::new("--token-file"), secret.as_os_str()],
+    );
+    let mut conn = std::net::TcpStream::connect(&server.addr).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    let path = env.root.display().to_string();
+    let ask = format!(
+        "GET /v1/watch?path={path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer wrong-wrong-wrong-wrong\r\n\r\n"
+    );
+    std::io::Write::write_all(&mut conn, ask.as_bytes()).expect("send");
+    let mut got = Vec::new();
+    // Read to the end: the server closes once the 401 is out (a kept-alive
+    // connection would time out this read instead).
+    std::io::Read::read_to_end(&mut conn, &mut got).expect("the server closed it");
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(text.starts_with("http/1.1 401"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
 }

@@ -106,7 +106,13 @@ fn start_serve(exe: &Path, root: &Path) -> Result<Serve> {
     let mut child = Command::new(exe)
         .arg("serve")
         .arg(root)
-        .args(["--listen", "127.0.0.1:0", "--max-connections", "4096"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "4096",
+            "--no-auth",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

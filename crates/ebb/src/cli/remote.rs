@@ -18,15 +18,23 @@ pub struct ServeArgs {
     /// The directory to export: a managed tree or a directory in one.
     /// Subscribers see nothing outside it.
     path: PathBuf,
-    /// Address and port to listen on. Anything but loopback needs
-    /// --token-file.
+    /// Address and port to listen on. Anything but loopback also needs
+    /// TLS (or --insecure).
     #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// File holding the secret subscribers must present
     /// (Authorization: Bearer …). One word, at least 16 characters; keep
-    /// it mode 0600.
+    /// it mode 0600. Required unless --no-auth.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Serve without a secret, on loopback only: every local user can then
+    /// stream every change under the export.
+    #[arg(long)]
+    no_auth: bool,
+    /// Serve off loopback without TLS: the secret and every file name
+    /// travel in cleartext.
+    #[arg(long)]
+    insecure: bool,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -91,6 +99,8 @@ fn seconds(s: f64, what: &str) -> Result<Duration> {
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let mut config = Config::new(args.path.clone(), args.listen);
     config.secret = args.token_file.as_deref().map(read_secret).transpose()?;
+    config.no_auth = args.no_auth;
+    config.insecure = args.insecure;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(tls::server_config(cert, key)?);
     }

@@ -57,8 +57,14 @@ pub struct Config {
     pub export: PathBuf,
     pub listen: SocketAddr,
     /// The secret clients must send (`Authorization: Bearer …`); required
-    /// unless listening on loopback.
+    /// unless `no_auth`.
     pub secret: Option<Vec<u8>>,
+    /// Serve without a secret: asked for explicitly, on loopback only
+    /// (every local user can then read every name under the export).
+    pub no_auth: bool,
+    /// Serve without TLS off loopback: asked for explicitly (the secret
+    /// and every name travel in cleartext).
+    pub insecure: bool,
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Open connections at most; more are refused with 503.
     pub max_connections: usize,
@@ -71,11 +77,42 @@ pub struct Config {
 }
 
 impl Config {
+    /// Who may subscribe: a secret on every address unless `--no-auth` on
+    /// loopback, and TLS off loopback unless `--insecure`.
+    fn check_access(&self) -> Result<()> {
+        let loopback = self.listen.ip().is_loopback();
+        let names = self.export.display();
+        match (&self.secret, self.no_auth) {
+            (Some(_), true) => bail!("--no-auth with --token-file: choose one"),
+            (None, true) if !loopback => bail!(
+                "--no-auth is for loopback only: listening on {} needs --token-file (anyone who can reach it could read every file name under {names})",
+                self.listen
+            ),
+            (None, false) if !loopback => bail!(
+                "listening on {} (not loopback) needs --token-file: anyone who can reach it could read every file name under {names}",
+                self.listen
+            ),
+            (None, false) => bail!(
+                "ebb serve needs a secret: --token-file FILE (or --no-auth, on loopback only: every local user could then read every file name under {names})"
+            ),
+            _ => {}
+        }
+        if !loopback && self.tls.is_none() && !self.insecure {
+            bail!(
+                "listening on {} without TLS would send the secret and every file name in cleartext: give --tls-cert and --tls-key, or --insecure",
+                self.listen
+            );
+        }
+        Ok(())
+    }
+
     pub fn new(export: PathBuf, listen: SocketAddr) -> Config {
         Config {
             export,
             listen,
             secret: None,
+            no_auth: false,
+            insecure: false,
             tls: None,
             max_connections: 1024,
             slow_timeout: Duration::from_secs(10),
@@ -102,13 +139,7 @@ impl Server {
     /// Check the configuration, start following the tree's journal and
     /// bind the listening socket.
     pub async fn bind(mut config: Config) -> Result<Server> {
-        if !config.listen.ip().is_loopback() && config.secret.is_none() {
-            bail!(
-                "listening on {} (not loopback) needs --token-file: anyone who can reach it could read every file name under {}",
-                config.listen,
-                config.export.display()
-            );
-        }
+        config.check_access()?;
         config.export = crate::tree::resolve(&config.export)?;
         anyhow::ensure!(
             config.export.is_dir(),
@@ -252,6 +283,12 @@ async fn answer(
             let body = serde_json::json!({ "error": message }).to_string() + "\n";
             let mut resp = Response::new(Either::Left(Full::new(Bytes::from(body))));
             *resp.status_mut() = status;
+            if status == StatusCode::UNAUTHORIZED {
+                // Nothing more from a client without the secret: its
+                // connection does not hold a server slot.
+                resp.headers_mut()
+                    .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            }
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp
