@@ -178,3 +178,59 @@ fn a_tree_inside_a_tree_is_refused() {
         "{error}"
     );
 }
+
+/// A user swaps a directory on the way to a file root is archiving for a
+/// symlink to a directory of root's, between ebb's check of the path and
+/// its open: the open is refused, nothing of root's is archived. (The old
+/// code opened by path, following the symlink: root's file was archived
+/// in place of the user's, and a release would punch it.) The window is
+/// held open with a test pause after the check.
+#[test]
+fn a_symlink_swapped_in_after_the_check_is_not_followed() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    open_the_way(&env);
+    let shared = env.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let private = env.path("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    write_file(
+        &private.join("f"),
+        b"root's own, not to be archived by a trick",
+    );
+    let made = as_nobody(
+        "mkdir \"$1/d\" && echo mine > \"$1/d/f\" && echo made",
+        &[shared.as_os_str()],
+    );
+    assert!(made.out().contains("made"), "{made:?}");
+    let target = shared.join("d/f");
+    let mut archive = std::process::Command::new(EBB);
+    with_run_dir(&mut archive)
+        .args(["archive", "--json"])
+        .arg(&target)
+        .env("EBB_TEST_PAUSE", "path-checked:3000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = archive.spawn().expect("ebb archive");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("path-checked") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        assert!(n > 0, "ebb archive ended before its check");
+    }
+    let swapped = as_nobody(
+        "mv \"$1/d\" \"$1/d.old\" && ln -s ../private \"$1/d\" && echo swapped",
+        &[shared.as_os_str()],
+    );
+    assert!(swapped.out().contains("swapped"), "{swapped:?}");
+    let out = child.wait_with_output().expect("ebb archive");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("symlink or a mount on the way"),
+        "the swapped path was followed: {said}"
+    );
+    assert_eq!(env.status(&private.join("f"))["managed"], false);
+}

@@ -38,7 +38,7 @@ pub fn archive(
     progress: &dyn Progress,
 ) -> Result<ArchiveOutcome> {
     let path = managed_path(tree, path)?;
-    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let file = super::open_managed(tree, &path)?;
     let identity = identity_of(&file)?;
     // Written back first: a page dirtied through a shared mapping is then
     // clean and write-protected, so a later write through the mapping

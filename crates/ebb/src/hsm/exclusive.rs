@@ -37,18 +37,18 @@ pub enum ExclusiveError {
 }
 
 impl Exclusive {
-    /// Take `path` for exclusive use. `settle` runs once new opens are
+    /// Take `path`, opened as `plain` (read-only), for exclusive use. `settle` runs once new opens are
     /// held and the lease has shown that nobody has the file open, but
     /// while no lease is on it: a daemon told to take in the events queued
     /// for the file opens their fds (an open that would wait for a lease to
     /// break), and nobody is left to make it open the file to fill it.
     pub fn acquire(
+        plain: File,
         path: &Path,
         settle: impl FnOnce(&File) -> Result<()>,
     ) -> Result<Exclusive, ExclusiveError> {
-        // Read-only: closing it raises no FAN_CLOSE_WRITE for a daemon to
-        // take as somebody's write.
-        let plain = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // `plain` is read-only: closing it raises no FAN_CLOSE_WRITE for a
+        // daemon to take as somebody's write.
         let quiet = fanotify::reopen_nonotify(plain.as_fd(), libc::O_RDWR)
             .with_context(|| format!("opening {} for writing", path.display()))?;
         drop(plain);

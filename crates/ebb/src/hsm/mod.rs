@@ -73,7 +73,34 @@ pub fn managed_path(tree: &Tree, path: &Path) -> Result<PathBuf> {
         bail!("{} is not a regular file", path.display());
     }
     same_filesystem(tree, &abs, &meta)?;
+    crate::hooks::pause_point("path-checked", abs.display());
     Ok(abs)
+}
+
+/// Open the file at `path` (as [`managed_path`] returned it) for reading,
+/// beneath the tree's root with no symlink followed and no mount crossed:
+/// a component another user swapped for a symlink since the path was
+/// checked is refused, never followed.
+pub fn open_managed(tree: &Tree, path: &Path) -> Result<File> {
+    let rel = tree.relative(path)?;
+    let root = File::open(tree.root())
+        .with_context(|| format!("opening the tree root {}", tree.root().display()))?;
+    let file = crate::sys::file::open_beneath(root.as_fd(), rel).map_err(|e| {
+        match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::EXDEV) => anyhow::anyhow!(
+                "{} has a symlink or a mount on the way now (it was swapped since it was checked?); nothing changed",
+                path.display()
+            ),
+            _ => anyhow::Error::new(e).context(format!("opening {}", path.display())),
+        }
+    })?;
+    if !file.metadata()?.is_file() {
+        bail!(
+            "{} is not a regular file any more; nothing changed",
+            path.display()
+        );
+    }
+    Ok(file)
 }
 
 /// Refuse a file on another filesystem mounted inside the tree: the

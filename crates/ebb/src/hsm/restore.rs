@@ -46,7 +46,7 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreOutcome> {
     let path = managed_path(tree, path)?;
-    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let file = super::open_managed(tree, &path)?;
     let size = file.metadata()?.len();
     let identity = identity_of(&file)?;
     let rec = match catalog.file_by_handle(&identity.handle)? {
@@ -84,10 +84,9 @@ pub fn restore(
         drop(file);
         // With no keeper either, nothing held the file's writers off.
         let unseen = !control::is_kept(tree)?;
-        fill_exclusively(catalog, store, &path, unseen, progress)?;
+        fill_exclusively(tree, catalog, store, &path, unseen, progress)?;
         // A stopped daemon's keeper has it marked as a stub still.
-        let file =
-            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let file = super::open_managed(tree, &path)?;
         control::resident_in_kept_group(tree, &file)?;
     }
     Ok(RestoreOutcome {
@@ -138,13 +137,15 @@ fn touch_missing_chunks(
 /// Fill the missing chunks with no daemon running, holding the file so no
 /// other process can see or change it half-filled.
 fn fill_exclusively(
+    tree: &Tree,
     catalog: &mut Catalog,
     store: &Store,
     path: &Path,
     unseen: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let held = Exclusive::acquire(path, |_| Ok(())).map_err(|e| match e {
+    let plain = super::open_managed(tree, path)?;
+    let held = Exclusive::acquire(plain, path, |_| Ok(())).map_err(|e| match e {
         ExclusiveError::Busy { .. } => anyhow::anyhow!(
             "{e}; or start `ebb daemon` for the tree, which restores files that are in use"
         ),

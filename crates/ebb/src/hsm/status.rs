@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::{identity_of, managed_path};
 use crate::catalog::{Catalog, StatSnap, State};
@@ -30,7 +30,7 @@ pub struct FileStatus {
 /// The status of the file at `path`.
 pub fn status(tree: &Tree, catalog: &Catalog, path: &Path) -> Result<FileStatus> {
     let path = managed_path(tree, path)?;
-    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let file = super::open_managed(tree, &path)?;
     let identity = identity_of(&file)?;
     // The record first, then the file: a fill recorded in between leaves
     // a newer file beside an older record, which still agrees with it.

@@ -97,6 +97,34 @@ pub fn get_xattr(file: BorrowedFd<'_>, name: &str) -> io::Result<Option<Vec<u8>>
     }
 }
 
+/// `openat2(2)` of `rel` beneath the directory `dir` for reading, never
+/// leaving it, following no symlink (of any component), crossing no mount,
+/// and opening no FIFO or device in a way that waits: the file a path
+/// names inside a tree, with no chance that another user swapped a
+/// component for a symlink to somewhere else. `ELOOP`: a symlink on the
+/// way; `EXDEV`: a mount on the way, or the path leaves `dir`.
+pub fn open_beneath(dir: BorrowedFd<'_>, rel: &std::path::Path) -> io::Result<std::fs::File> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::os::fd::FromRawFd;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    let fd = openat2(dir.as_raw_fd(), rel, how)?;
+    // SAFETY: openat2 returned a new fd that nothing else owns.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    // Non-blocking only so the open itself could not wait: reads of the
+    // file wait as they always do (for a daemon's fill, say).
+    let flags = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(file)
+}
+
 /// Device and inode of the open file (`fstat(2)`): what tells two fds of
 /// one file apart from fds of two.
 pub fn dev_ino(file: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
