@@ -32,6 +32,16 @@ fn open_the_way(env: &Env) {
         .expect("opening the scratch directory to all");
 }
 
+/// A tree nobody can reach with a world-writable `shared/` in it (mode
+/// 1777, as `/tmp`), the way in opened to all.
+fn shared_dir(env: &Env) -> std::path::PathBuf {
+    open_the_way(env);
+    let shared = env.path("shared");
+    std::fs::create_dir(&shared).expect("mkdir shared");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod 1777");
+    shared
+}
+
 fn chunk_count(store: &Path) -> usize {
     walk(store)
         .filter(|p| p.file_name().is_some_and(|n| n.len() == 64))
@@ -64,10 +74,7 @@ fn walk(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
 fn a_planted_state_dir_does_not_capture_roots_work() {
     ebb::require_root!();
     let env = Env::new(300);
-    open_the_way(&env);
-    let shared = env.path("shared");
-    std::fs::create_dir(&shared).unwrap();
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let shared = shared_dir(&env);
     // A store the user owns, in the shape ebb makes (a second tree's).
     let theirs = env.fs.scratch().join("theirs");
     let their_store = env.fs.scratch().join("their-store");
@@ -189,10 +196,7 @@ fn a_tree_inside_a_tree_is_refused() {
 fn a_symlink_swapped_in_after_the_check_is_not_followed() {
     ebb::require_root!();
     let env = Env::new(300);
-    open_the_way(&env);
-    let shared = env.path("shared");
-    std::fs::create_dir(&shared).unwrap();
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let shared = shared_dir(&env);
     let private = env.path("private");
     std::fs::create_dir(&private).unwrap();
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
