@@ -513,9 +513,8 @@ impl Catalog {
         resident: &Residency,
         stat: &StatSnap,
     ) -> Result<()> {
-        // All back (and durable: callers sync first) or all gone: nothing
-        // of ebb's is left in flight in the file.
-        let settled = resident.is_complete() || resident.is_empty();
+        // Callers sync what they filled first.
+        let settled = resident.is_settled();
         let n = self.conn.execute(
             "UPDATE files SET resident = ?2,
                 modified = (modified OR size != ?3 OR mtime_sec != ?4 OR mtime_nsec != ?5),

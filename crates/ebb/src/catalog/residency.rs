@@ -47,6 +47,12 @@ impl Residency {
         self.count == self.len
     }
 
+    /// All back or all gone: no fill of ebb's is left in flight in the file
+    /// (see `FileRecord::filling`).
+    pub fn is_settled(&self) -> bool {
+        self.is_complete() || self.is_empty()
+    }
+
     pub fn contains(&self, i: usize) -> bool {
         i < self.len && self.bits[i / 64] & (1 << (i % 64)) != 0
     }

@@ -112,6 +112,16 @@ fn open_for_filling(root: &std::path::Path, handle: &FileHandle) -> Result<File>
     Ok(File::from(fd))
 }
 
+/// The stub `handle` names, opened read-only through the tree's `root`
+/// (events included: nothing here reads it); `None` if it is gone.
+fn open_stub(root: &File, handle: &FileHandle) -> std::io::Result<Option<File>> {
+    match crate::sys::handle::open_by_handle(root.as_fd(), handle, libc::O_RDONLY) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(e) if e.raw_os_error() == Some(libc::ESTALE) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// What an accessed file is to the daemon.
 enum Lookup {
     /// A stub it serves.
@@ -155,9 +165,6 @@ struct Stub {
     modified: bool,
     /// No archived byte at or past this offset may be written back.
     valid_len: u64,
-    /// The catalog says fills are under way (see `FileRecord::filling`):
-    /// set durably before the first one writes.
-    filling: bool,
     /// The mtime the last fill put back, and whether someone wrote the
     /// file since that was checked: a write that landed between a fill's
     /// write and its put-back had its mtime put back too (see
@@ -253,8 +260,9 @@ pub struct Populator {
     retiring: Vec<(u64, FileId)>,
     /// Marked stubs the catalog does not hold, already logged.
     refused: HashSet<FileHandle>,
-    /// Stubs whose catalog row says fills are under way, to be cleared
-    /// (after a sync of each) when the daemon stops cleanly.
+    /// Stubs whose catalog row says fills are under way (see
+    /// `FileRecord::filling`: set durably before the first fill writes),
+    /// to be cleared, after a sync of each, when the daemon stops cleanly.
     filling: HashMap<FileId, FileHandle>,
     jobs: Sender<FillJob>,
     /// Fills ahead of sequential readers (see [`Populator::fill_ahead`]).
@@ -704,12 +712,10 @@ impl Populator {
         })?;
         let mut changed = 0;
         for handle in handles {
-            let stub =
-                match crate::sys::handle::open_by_handle(root.as_fd(), &handle, libc::O_RDONLY) {
-                    Ok(fd) => File::from(fd),
-                    Err(e) if e.raw_os_error() == Some(libc::ESTALE) => continue, // gone
-                    Err(e) => return Err(e).context("opening a stub to check it"),
-                };
+            let Some(stub) = open_stub(&root, &handle).context("opening a stub to check it")?
+            else {
+                continue; // gone
+            };
             let Some(mut rec) = self.catalog.file_by_handle(&handle)? else {
                 continue;
             };
@@ -731,12 +737,11 @@ impl Populator {
     /// Before the first fill of `stub` writes: the catalog says, durably,
     /// that fills are under way (see `FileRecord::filling`).
     fn say_filling(&mut self, stub: FileId) -> Result<()> {
-        let Some(entry) = self.stubs.get_mut(&stub) else {
+        let Some(entry) = self.stubs.get(&stub) else {
             return Ok(());
         };
-        if !entry.filling {
+        if !self.filling.contains_key(&stub) {
             self.catalog.set_filling_durably(stub)?;
-            entry.filling = true;
             self.filling.insert(stub, entry.handle.clone());
         }
         Ok(())
@@ -754,12 +759,16 @@ impl Populator {
         let synced: Vec<FileId> = self
             .filling
             .iter()
-            .filter(|(_, handle)| {
-                crate::sys::handle::open_by_handle(root.as_fd(), handle, libc::O_RDONLY)
-                    .map(File::from)
-                    .and_then(|f| f.sync_all())
+            .filter(|(_, handle)| match open_stub(&root, handle) {
+                Ok(Some(stub)) => stub
+                    .sync_all()
                     .inspect_err(|e| tracing::warn!("syncing a filled stub: {e}"))
-                    .is_ok()
+                    .is_ok(),
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::warn!("syncing a filled stub: {e}");
+                    false
+                }
             })
             .map(|(id, _)| *id)
             .collect();
@@ -913,7 +922,6 @@ impl Populator {
                 resident,
                 modified,
                 valid_len,
-                filling,
                 last_put_back: None,
                 written_since: false,
                 recorded_in: 0,
@@ -1124,28 +1132,26 @@ impl Populator {
         // Not synced here: readers are answered once the syncer has made
         // this commit durable (see `durable.rs`).
         let result = self.catalog.batch(|cat| {
-            {
-                for id in &ids {
-                    let Some(stub) = stubs.get(id) else { continue };
-                    let Some(file) = &stub.file else { continue };
-                    // Taken between two fills, never inside one, where a fill
-                    // has written but not yet put the mtime back: that mtime
-                    // would later read as somebody else's change.
-                    let stat = {
-                        let _turn = stub.write_lock.lock().map_err(|_| {
-                            anyhow::anyhow!("a fill worker panicked while writing this file")
-                        })?;
-                        if stub.resident.is_complete() {
-                            // All on disk and durable: no longer a stub. Before
-                            // the stat, as the ctime moves.
-                            stub_mark::clear(file.as_fd()).context("unmarking a filled stub")?;
-                        }
-                        StatSnap::of(&file.metadata()?)
-                    };
-                    cat.set_residency(*id, &stub.resident, &stat)?;
-                }
-                Ok(())
+            for id in &ids {
+                let Some(stub) = stubs.get(id) else { continue };
+                let Some(file) = &stub.file else { continue };
+                // Taken between two fills, never inside one, where a fill
+                // has written but not yet put the mtime back: that mtime
+                // would later read as somebody else's change.
+                let stat = {
+                    let _turn = stub.write_lock.lock().map_err(|_| {
+                        anyhow::anyhow!("a fill worker panicked while writing this file")
+                    })?;
+                    if stub.resident.is_complete() {
+                        // All on disk and durable: no longer a stub. Before
+                        // the stat, as the ctime moves.
+                        stub_mark::clear(file.as_fd()).context("unmarking a filled stub")?;
+                    }
+                    StatSnap::of(&file.metadata()?)
+                };
+                cat.set_residency(*id, &stub.resident, &stat)?;
             }
+            Ok(())
         });
         match result {
             Ok(()) => {
@@ -1340,13 +1346,12 @@ impl Populator {
         let root = File::open(&self.root).context("opening the tree root")?;
         let mut marked = 0;
         self.catalog.for_each_not_resident(|path, handle| {
-            let stub =
-                match crate::sys::handle::open_by_handle(root.as_fd(), handle, libc::O_RDONLY) {
-                    Ok(fd) => fd,
-                    // Gone: nobody can open it any more.
-                    Err(e) if e.raw_os_error() == Some(libc::ESTALE) => return Ok(()),
-                    Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
-                };
+            // Gone: nobody can open it any more.
+            let Some(stub) =
+                open_stub(&root, handle).with_context(|| format!("opening {}", path.display()))?
+            else {
+                return Ok(());
+            };
             self.group
                 .mark_inode(stub.as_fd(), STUB_MARK)
                 .with_context(|| format!("marking {}", path.display()))?;

@@ -165,9 +165,7 @@ fn fill_exclusively(
         unseen,
         progress,
     )
-    .with_context(|| format!("filling {}", path.display()))?;
-    file.sync_all()?;
-    Ok(())
+    .with_context(|| format!("filling {}", path.display()))
 }
 
 /// Fill the chunks of `rec` that cover the byte range `bytes` and are
@@ -215,7 +213,7 @@ pub fn fill_range(
     // Durable before it is recorded resident (see `daemon::fill`).
     file.sync_all().context("syncing the filled chunks")?;
     catalog.set_residency_durably(rec.id, &rec.resident, &StatSnap::of(&file.metadata()?))?;
-    rec.filling &= !(rec.resident.is_complete() || rec.resident.is_empty());
+    rec.filling &= !rec.resident.is_settled();
     Ok(())
 }
 
