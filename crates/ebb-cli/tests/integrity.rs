@@ -218,11 +218,26 @@ impl Stepper {
 
     /// Let it take its next step and wait until it says `done`.
     fn step(&mut self) {
+        self.go();
+        self.expect("done");
+    }
+
+    /// [`Stepper::step`] for a step that says one line before `done`; the
+    /// line.
+    fn step_said(&mut self) -> String {
+        use std::io::BufRead;
+        self.go();
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("reading the child");
+        self.expect("done");
+        line.trim().to_string()
+    }
+
+    fn go(&mut self) {
         use std::io::Write;
         let stdin = self.child.stdin.as_mut().expect("stdin");
         stdin.write_all(b"go\n").expect("writing to the child");
         stdin.flush().expect("flush");
-        self.expect("done");
     }
 }
 
@@ -443,28 +458,45 @@ fn a_fill_that_fails_for_want_of_space_leaves_the_file_unchanged_in_ebbs_eyes() 
     assert_eq!(env.status(&path)["state"], "archived");
 }
 
-#[test]
-fn a_truncate_racing_a_fill_is_not_undone() {
-    ebb::require_root!();
+/// Hold a fill of the last chunk of a released 8 MiB `log`, set off by a
+/// reader of its tail, for 1.5 s after the worker read the file's size;
+/// `cut` (python, run at once in a process started beforehand, `log` in
+/// `sys.argv[1]`) races it. Checks `cut` landed while the fill was held
+/// and that `log` then reads as `want`.
+fn cut_racing_a_fill(cut: &str, want: &[u8]) {
     let env = Env::new(300);
     let data = seeded_bytes(8 << 20, 85);
     let (path, _) = env.released_file("log", &data);
-    let starts = chunk_starts(&data);
-    let last = *starts.last().expect("chunks");
+    let last = *chunk_starts(&data).last().expect("chunks");
+    let held = format!("fill-sized: chunk at {last} sized");
     env.start_daemon_with(
         |cmd| {
-            cmd.env("EBB_TEST_PAUSE", "fill-sized:400");
+            cmd.env(
+                "EBB_TEST_PAUSE",
+                format!("fill-sized:1500:chunk at {last} sized"),
+            );
         },
         COMMAND_TIMEOUT,
     );
-    // The head on disk, so the truncate's own event (the page at its new
-    // end, 0) needs no fill.
+    // The head on disk, so the cut's own event (the page at its new end,
+    // 0) needs no fill.
     python(
         "import os, sys\nos.pread(os.open(sys.argv[1], os.O_RDONLY), 4096, 0)",
         &[path.as_os_str()],
     )
     .ok();
-    // A reader of the tail sets off a fill, held after it read the size.
+    let mut cutter = Stepper::start(
+        &format!(
+            "import datetime, os, sys\n\
+             print('ready', flush=True)\n\
+             sys.stdin.readline()\n\
+             print(datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ'), flush=True)\n\
+             {cut}\n\
+             print('done', flush=True)\n\
+             sys.stdin.readline()"
+        ),
+        &[path.as_os_str()],
+    );
     let inside_last = (last / 4096 + 1) * 4096;
     let reader = std::thread::spawn({
         let path = path.clone();
@@ -475,18 +507,54 @@ fn a_truncate_racing_a_fill_is_not_undone() {
             )
         }
     });
-    wait_for_log(&env, &format!("fill-sized: chunk at {last} sized"));
-    // `truncate -s 0 log` while that fill is between its size and its
-    // write. (Not yet `: > log`: an O_TRUNC open raises no pre-content
-    // event to hold.)
-    sh("truncate -s 0 \"$1\"", &[path.as_os_str()]).ok();
+    wait_for_log(&env, &held);
+    let cut_at = cutter.step_said();
     reader.join().expect("reader").ok();
-    assert_eq!(
-        std::fs::metadata(&path).expect("stat").len(),
-        0,
-        "the truncated file grew back"
+    let went_on = env
+        .log()
+        .lines()
+        .find(|l| l.contains(&format!("{held}; going on")))
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .expect("the held fill went on");
+    assert!(
+        cut_at < went_on,
+        "the cut ({cut_at}) landed after the fill went on ({went_on}): the test proves nothing"
     );
-    assert_reads(&path, b"");
+    assert_reads(&path, want);
+}
+
+#[test]
+fn a_truncate_racing_a_fill_is_not_undone() {
+    ebb::require_root!();
+    cut_racing_a_fill("os.truncate(sys.argv[1], 0)", b"");
+}
+
+/// `: > log` raises no pre-content event that could wait for the fill (an
+/// open with `O_TRUNC`), and a line logged right after it must be all the
+/// file holds.
+#[test]
+fn an_open_with_o_trunc_racing_a_fill_is_not_undone() {
+    ebb::require_root!();
+    cut_racing_a_fill(
+        "os.close(os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC))\n\
+         with open(sys.argv[1], 'ab') as f: f.write(b'new line\\n')",
+        b"new line\n",
+    );
+}
+
+/// Cut and written anew through a write whose event names another range
+/// (`pwrite` on an `O_APPEND` fd appends wherever it says it writes): the
+/// new bytes land where the held fill would write, and must stay.
+#[test]
+fn bytes_written_anew_after_a_cut_are_not_filled_over() {
+    ebb::require_root!();
+    let anew: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+    cut_racing_a_fill(
+        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC | os.O_APPEND)\n\
+         new = bytes(i % 251 for i in range(8 << 20))\n\
+         assert os.pwrite(fd, new, 1 << 40) == len(new)",
+        &anew,
+    );
 }
 
 /// The stub mark (`trusted.ebb.stub`) of `path`, as python reads it;

@@ -27,15 +27,29 @@ pub struct FillJob {
     pub file_id: FileId,
     pub index: usize,
     pub chunk: ChunkRef,
-    /// Nothing at or past this offset is written (see `valid_len`).
-    pub limit: u64,
     /// An fd from the event, which raises no events of its own.
     pub file: Arc<File>,
-    pub write_lock: Arc<Mutex<()>>,
+    pub turn: Arc<Mutex<WriteTurn>>,
     /// Makes the file's written chunks durable, several at a time.
     pub sync: Arc<GroupSync>,
     /// The file's handle, for the fill journal.
     pub handle: FileHandle,
+}
+
+/// A stub's fill workers' turn to write it, and what they may write.
+///
+/// A worker holds it from the moment it looks at the file's size until its
+/// mtime is put back, so workers of one file take turns (each puts back
+/// the mtime it found, not one another's write just moved) and the loop
+/// can stat the file between two fills. The loop lowers `valid_len` in it
+/// when it sees the file cut: a fill that had already looked then either
+/// wrote before the cut (gone with it) or writes after the loop's turn,
+/// and so below the cut; a write the loop lets through afterwards, into
+/// the bytes the file has anew, is never written over.
+#[derive(Debug)]
+pub struct WriteTurn {
+    /// No archived byte at or past this offset may be written back.
+    pub valid_len: u64,
 }
 
 /// Group commit of one file's fills: a worker that wrote a chunk calls
@@ -155,13 +169,13 @@ impl<W: Fn()> Worker<W> {
         let data = self.store.get_chunk(&job.chunk.hash, job.chunk.len)?;
         // Writers of one file take turns, so each puts back the mtime it
         // found and not one another worker's write just changed.
-        let _turn = job
-            .write_lock
+        let turn = job
+            .turn
             .lock()
             .map_err(|_| anyhow::anyhow!("a fill worker panicked while writing this file"))?;
         let meta = job.file.metadata().context("fstat before filling")?;
         let mtime = StatSnap::of(&meta).mtime;
-        let limit = job.limit.min(meta.len());
+        let limit = turn.valid_len.min(meta.len());
         crate::hooks::pause_point(
             "fill-sized",
             format_args!("chunk at {} sized", job.chunk.offset),
@@ -178,7 +192,7 @@ impl<W: Fn()> Worker<W> {
         // mtime all the same, and must not leave the file looking changed.
         set_mtime(job.file.as_fd(), mtime).context("restoring the mtime after filling")?;
         self.journal.end(self.index);
-        drop(_turn);
+        drop(turn);
         written.context("writing the chunk")?;
         // Durable before the loop records it resident: after a power cut
         // the catalog must never say resident over a hole. (After the

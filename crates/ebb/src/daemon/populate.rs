@@ -20,12 +20,12 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::Sender;
 
-use super::fill::FillJob;
+use super::fill::{FillJob, WriteTurn};
 use super::mark::FsMark;
 use super::snapshots::Snapshots;
 use crate::catalog::stub_mark;
@@ -163,8 +163,6 @@ struct Stub {
     manifest: Arc<Vec<ChunkRef>>,
     resident: Residency,
     modified: bool,
-    /// No archived byte at or past this offset may be written back.
-    valid_len: u64,
     /// The mtime the last fill put back, and whether someone wrote the
     /// file since that was checked: a write that landed between a fill's
     /// write and its put-back had its mtime put back too (see
@@ -173,8 +171,9 @@ struct Stub {
     written_since: bool,
     /// The commit that last recorded its residency (see `durable.rs`).
     recorded_in: u64,
-    /// Serialises the fill workers' write + mtime restore on this file.
-    write_lock: Arc<Mutex<()>>,
+    /// The fill workers' turn to write this file, and how much of it they
+    /// may write (see [`WriteTurn`]).
+    turn: Arc<Mutex<WriteTurn>>,
     /// Makes the workers' writes to it durable (see `GroupSync`).
     sync: Arc<super::fill::GroupSync>,
     /// A writable fd of the file that raises no events, while fills are in
@@ -183,8 +182,6 @@ struct Stub {
     /// which would make `ebb release` find it busy.
     file: Option<Arc<File>>,
     fills_in_flight: usize,
-    /// Truncates held until no fill of the file is in flight.
-    held_truncates: Vec<EventId>,
     /// Where the last access ended (a chunk index), to spot a sequential
     /// reader, and how far chunks were read ahead for it.
     last_access_end: usize,
@@ -192,6 +189,22 @@ struct Stub {
 }
 
 impl Stub {
+    /// No archived byte at or past this offset may be written back.
+    fn valid_len(&self) -> u64 {
+        self.turn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .valid_len
+    }
+
+    /// The fill workers' turn, taken to stat the file between two fills
+    /// (a fill moves the mtime until it puts it back).
+    fn between_fills(&self) -> Result<MutexGuard<'_, WriteTurn>> {
+        self.turn
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a fill worker panicked while writing this file"))
+    }
+
     /// The fd fills write through, opened on first need (see `file`).
     fn fill_fd(&mut self, root: &std::path::Path) -> Result<Arc<File>> {
         if let Some(file) = &self.file {
@@ -208,10 +221,9 @@ impl Stub {
             file_id: id,
             index,
             chunk: self.manifest[index],
-            limit: self.valid_len,
             handle: self.handle.clone(),
             file: file.clone(),
-            write_lock: self.write_lock.clone(),
+            turn: self.turn.clone(),
             sync: self.sync.clone(),
         }
     }
@@ -415,11 +427,11 @@ impl Populator {
         }
         if !self.snapshots.is_empty() {
             if let Some(file) = self.hold_for_snapshot(file, id, pid, range) {
-                self.go_on_with_access(file, id, pid, range);
+                self.go_on_with_access(file, id, range);
             }
             return;
         }
-        self.go_on_with_access(file, id, pid, range);
+        self.go_on_with_access(file, id, range);
     }
 
     /// An access to the source of a snapshot waits until the units under
@@ -456,7 +468,7 @@ impl Populator {
         }
     }
 
-    fn go_on_with_access(&mut self, file: File, id: EventId, pid: i32, range: Option<(u64, u64)>) {
+    fn go_on_with_access(&mut self, file: File, id: EventId, range: Option<(u64, u64)>) {
         let stub = match self.lookup(&file) {
             Ok(Lookup::Stub(stub)) => stub,
             Ok(Lookup::UnknownStub(mark)) => {
@@ -487,9 +499,6 @@ impl Populator {
             self.respond(id, Response::DenyErrno(libc::EIO));
             return;
         }
-        let Some(file) = self.hold_truncate(stub, file, id, pid) else {
-            return;
-        };
         let entry = self
             .stubs
             .get_mut(&stub)
@@ -568,26 +577,6 @@ impl Populator {
         if sequential {
             self.fill_ahead(stub, chunks.end);
         }
-    }
-
-    /// A truncate of a stub whose fills are running waits until they are
-    /// done: a fill that read the size before the cut and wrote after it
-    /// would grow the file back. (The event does not say what the access
-    /// is; the blocked process's syscall does, as for snapshots.) Gives
-    /// the event's fd back unless the event is held (then the fd, whose
-    /// number is the event's, stays open until the answer).
-    fn hold_truncate(&mut self, stub: FileId, file: File, id: EventId, pid: i32) -> Option<File> {
-        let busy = self.stubs.get(&stub).is_some_and(|s| s.fills_in_flight > 0);
-        let truncating = || u32::try_from(pid).is_ok_and(crate::snapshot::users::may_be_truncating);
-        if !busy || !truncating() {
-            return Some(file);
-        }
-        if let Some(entry) = self.stubs.get_mut(&stub) {
-            tracing::debug!("{}: a truncate waits for its fills", entry.path.display());
-            entry.held_truncates.push(id);
-        }
-        self.hold(id, file);
-        None
     }
 
     /// Keep the event `id` unanswered until one thing it waits for is done
@@ -687,13 +676,7 @@ impl Populator {
             .by_handle
             .get(&handle)
             .and_then(|id| self.stubs.get(id));
-        let _turn =
-            match stub {
-                Some(stub) => Some(stub.write_lock.lock().map_err(|_| {
-                    anyhow::anyhow!("a fill worker panicked while writing this file")
-                })?),
-                None => None,
-            };
+        let _turn = stub.map(Stub::between_fills).transpose()?;
         Ok(StatSnap::of(&file.metadata()?))
     }
 
@@ -843,12 +826,19 @@ impl Populator {
         let Some(entry) = self.stubs.get_mut(&id) else {
             return;
         };
-        let valid_len = cut_to.map_or(entry.valid_len, |n| n.min(entry.valid_len));
-        if entry.modified && valid_len == entry.valid_len {
-            return;
-        }
+        let valid_len = {
+            // Lowered in the workers' turn: every fill that writes after
+            // this returns (a write the cut let through may come next)
+            // stops at the cut.
+            let mut turn = entry.turn.lock().unwrap_or_else(PoisonError::into_inner);
+            let was = turn.valid_len;
+            turn.valid_len = cut_to.map_or(was, |n| n.min(was));
+            if entry.modified && turn.valid_len == was {
+                return;
+            }
+            turn.valid_len
+        };
         entry.modified = true;
-        entry.valid_len = valid_len;
         self.stats.modified_seen += 1;
         tracing::info!("{} modified while not all resident", entry.path.display());
         if let Err(e) = self.catalog.mark_modified(id, valid_len) {
@@ -863,7 +853,7 @@ impl Populator {
     /// FAN_MODIFY here) must never have the cut-off bytes filled again.
     fn note_size(&mut self, id: FileId, file: &File) -> Result<()> {
         let size = file.metadata()?.len();
-        if self.stubs.get(&id).is_some_and(|s| size < s.valid_len) {
+        if self.stubs.get(&id).is_some_and(|s| size < s.valid_len()) {
             self.note_modified(id, Some(size));
         }
         Ok(())
@@ -921,15 +911,13 @@ impl Populator {
                 manifest: version.manifest,
                 resident,
                 modified,
-                valid_len,
                 last_put_back: None,
                 written_since: false,
                 recorded_in: 0,
-                write_lock: Arc::default(),
+                turn: Arc::new(Mutex::new(WriteTurn { valid_len })),
                 sync: Arc::default(),
                 file: None,
                 fills_in_flight: 0,
-                held_truncates: Vec::new(),
                 last_access_end: 0,
                 read_ahead_to: 0,
             },
@@ -947,17 +935,6 @@ impl Populator {
             return;
         };
         entry.fills_in_flight -= 1;
-        if entry.fills_in_flight == 0 {
-            for held in std::mem::take(&mut entry.held_truncates) {
-                if let Some(w) = self.waiting.get_mut(&held) {
-                    w.pending = w.pending.saturating_sub(1);
-                }
-            }
-        }
-        let entry = self
-            .stubs
-            .get_mut(&done.file)
-            .expect("looked up just above");
         let failure = match done.result {
             Ok((bytes, put_back)) => {
                 entry.last_put_back = Some(put_back);
@@ -1139,9 +1116,7 @@ impl Populator {
                 // has written but not yet put the mtime back: that mtime
                 // would later read as somebody else's change.
                 let stat = {
-                    let _turn = stub.write_lock.lock().map_err(|_| {
-                        anyhow::anyhow!("a fill worker panicked while writing this file")
-                    })?;
+                    let _turn = stub.between_fills()?;
                     if stub.resident.is_complete() {
                         // All on disk and durable: no longer a stub. Before
                         // the stat, as the ctime moves.

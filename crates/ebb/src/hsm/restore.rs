@@ -21,7 +21,7 @@ use crate::catalog::stub_mark;
 use crate::catalog::{Catalog, FileRecord, StatSnap};
 use crate::daemon::control;
 use crate::store::{chunks_overlapping, Store};
-use crate::sys::file::{seek_data, seek_hole, set_mtime};
+use crate::sys::file::{seek_data, seek_hole, set_mtime, write_within_size};
 use crate::tree::Tree;
 
 /// What restoring one file did.
@@ -226,17 +226,23 @@ pub fn fill_range(
 /// chunk's fill sharing a block, or an earlier fill of this chunk that was
 /// not recorded. Zeros are never taken for holes, nor written into them:
 /// a sparse file stays sparse.
+///
+/// The file never grows: one cut while this runs (a truncate, or an open
+/// with `O_TRUNC`, which raises no event that could wait for the fill)
+/// ends the fill at its new end, where `pwrite` would write the cut-off
+/// bytes back.
 pub fn fill_chunk(file: &File, offset: u64, data: &[u8], limit: u64) -> io::Result<()> {
     let end = offset.saturating_add(data.len() as u64).min(limit);
     let mut pos = offset;
     while pos < end {
         let data_at = seek_data(file.as_fd(), pos)?.unwrap_or(end).min(end);
-        write_unless_zero(file, pos, &data[range_in(offset, pos, data_at)])?;
-        if data_at == end {
+        if !write_unless_zero(file, pos, &data[range_in(offset, pos, data_at)])? || data_at == end {
             break;
         }
         let hole_at = seek_hole(file.as_fd(), data_at)?.unwrap_or(end).min(end);
-        file.write_all_at(&data[range_in(offset, data_at, hole_at)], data_at)?;
+        if !write_all(file, data_at, &data[range_in(offset, data_at, hole_at)])? {
+            break;
+        }
         pos = hole_at;
     }
     Ok(())
@@ -247,9 +253,16 @@ fn range_in(base: u64, start: u64, end: u64) -> std::ops::Range<usize> {
     (start - base) as usize..(end - base) as usize
 }
 
-fn write_unless_zero(file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
+/// [`write_all`], but all-zero `bytes` are not written (they stay a hole).
+fn write_unless_zero(file: &File, offset: u64, bytes: &[u8]) -> io::Result<bool> {
     if bytes.iter().all(|&b| b == 0) {
-        return Ok(());
+        return Ok(true);
     }
-    file.write_all_at(bytes, offset)
+    write_all(file, offset, bytes)
+}
+
+/// Write `bytes` at `offset`, short of the file's end; whether all of them
+/// fitted (`false`: the file ends first, it was cut).
+fn write_all(file: &File, offset: u64, bytes: &[u8]) -> io::Result<bool> {
+    Ok(write_within_size(file.as_fd(), offset, bytes)? == bytes.len())
 }

@@ -494,3 +494,48 @@ fn arming_then_marking_covers_files_opened_in_between_and_unmount_drops_it() {
         "the mark of an unmounted filesystem is gone"
     );
 }
+
+/// An open with `O_TRUNC` cuts the file after `FAN_OPEN_PERM` and raises no
+/// `FAN_PRE_ACCESS` a daemon could hold it on (unlike `truncate(2)`): a fill
+/// racing it must not be able to grow the file back (see
+/// `sys::file::write_within_size`).
+#[test]
+fn an_open_with_o_trunc_raises_no_pre_access() {
+    crate::require_root!();
+    let (fs, group) = fixture();
+    let path = fs.path().join("f");
+    std::fs::write(&path, vec![1u8; 100_000]).expect("create");
+    group
+        .mark_filesystem(fs.path(), FAN_PRE_ACCESS | FAN_OPEN_PERM)
+        .expect("fs mark");
+    let cutter = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(path)
+                .map(drop)
+        }
+    });
+    let mut buf = EventBuffer::default();
+    let mut masks = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cutter.is_finished() {
+        assert!(Instant::now() < deadline, "the open never finished");
+        for event in group.read_events(&mut buf).expect("read") {
+            masks.push(event.mask);
+            if event.mask & FAN_OPEN_PERM != 0 {
+                let len = std::fs::metadata(&path).expect("stat").len();
+                assert_eq!(len, 100_000, "not cut yet when its open is asked for");
+            }
+            group
+                .respond(event.id().expect("a permission event"), Response::Allow)
+                .expect("allow");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cutter.join().expect("join").expect("open");
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), 0);
+    assert_eq!(masks, vec![FAN_OPEN_PERM], "the only event");
+}
