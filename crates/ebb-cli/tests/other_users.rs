@@ -238,3 +238,64 @@ fn a_symlink_swapped_in_after_the_check_is_not_followed() {
     );
     assert_eq!(env.status(&private.join("f"))["managed"], false);
 }
+
+/// The source of a snapshot root asks for, swapped by its owner for a
+/// symlink to a file they cannot read (0644, in a 0700 directory) after
+/// the command resolved it: refused, no clone made. (The daemon used to
+/// look the path up again, following the symlink: root's file was cloned,
+/// mode and all, into the user's directory.) The window is held open with
+/// a test pause after the command resolved the path.
+#[test]
+fn a_snapshot_source_swapped_for_a_symlink_is_not_followed() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    env.start_daemon();
+    let shared = shared_dir(&env);
+    let private = env.path("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let secret = b"root's own, readable by mode but not by way";
+    write_file(&private.join("f"), secret);
+    std::fs::set_permissions(private.join("f"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let made = as_nobody(
+        "mkdir \"$1/d\" && echo mine > \"$1/d/f\" && echo made",
+        &[shared.as_os_str()],
+    );
+    assert!(made.out().contains("made"), "{made:?}");
+    let clone = shared.join("clone");
+    let mut snapshot = std::process::Command::new(EBB);
+    with_run_dir(&mut snapshot)
+        .arg("snapshot")
+        .arg(shared.join("d/f"))
+        .arg(&clone)
+        .env("EBB_TEST_PAUSE", "path-checked:3000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = snapshot.spawn().expect("ebb snapshot");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("path-checked") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        assert!(n > 0, "ebb snapshot ended before its check");
+    }
+    let swapped = as_nobody(
+        "mv \"$1/d\" \"$1/d.old\" && ln -s ../private \"$1/d\" && echo swapped",
+        &[shared.as_os_str()],
+    );
+    assert!(swapped.out().contains("swapped"), "{swapped:?}");
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut said).expect("read");
+    let out = child.wait_with_output().expect("ebb snapshot");
+    assert!(!out.status.success(), "the snapshot was made: {said}");
+    assert!(
+        said.contains("symlink or a mount on the way"),
+        "refused for another reason: {said}"
+    );
+    let read = as_nobody("cat \"$1\" 2>/dev/null; true", &[clone.as_os_str()]);
+    assert!(
+        !read.out().contains("readable by mode"),
+        "the user read root's file through the clone"
+    );
+    assert!(!clone.exists(), "a clone was left");
+}

@@ -21,6 +21,7 @@ pub fn snapshot(src: &Path, dst: &Path, force: bool, json: bool) -> Result<ExitC
     let src = resolve(src)?;
     let dst = destination(dst)?;
     let tree = Tree::find(&src)?;
+    crate::hooks::pause_point("path-checked", src.display());
     let request = Request {
         src: src.clone(),
         dst: dst.clone(),

@@ -41,7 +41,9 @@ pub struct Prepared {
 /// group's keeper started (fds opened before it may predate the mark).
 pub fn prepare(root: &Path, req: Request, keeper_start: u64) -> Result<Prepared> {
     let (src, dst) = (&req.src, &req.dst);
-    let meta = std::fs::metadata(src).with_context(|| format!("{}", src.display()))?;
+    // Opened first and checked as opened: the path is never looked up again.
+    let plain = open_source(root, src)?;
+    let meta = plain.metadata()?;
     if !meta.is_file() {
         bail!("{} is not a regular file", src.display());
     }
@@ -56,7 +58,6 @@ pub fn prepare(root: &Path, req: Request, keeper_start: u64) -> Result<Prepared>
     check_destination(src, &meta, dst, req.force)?;
     refuse_unseen_writers(root, src, &meta, keeper_start)?;
 
-    let plain = File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let (handle, _) = handle_of(plain.as_fd())?;
     let src_quiet = File::from(reopen_nonotify(plain.as_fd(), libc::O_RDONLY)?);
     let partial = partial_path(dst);
@@ -96,6 +97,30 @@ pub fn prepare(root: &Path, req: Request, keeper_start: u64) -> Result<Prepared>
             Err(e)
         }
     }
+}
+
+/// Open the snapshot's source `src` (as the command resolved it) with no
+/// symlink followed where another user could have put one since: beneath
+/// the tree's `root` none at all and no mount crossed, elsewhere none as
+/// its last component. (A source swapped for a symlink to a file its user
+/// cannot read would otherwise be cloned, mode and all, to where they can.)
+fn open_source(root: &Path, src: &Path) -> Result<File> {
+    let opened = match src.strip_prefix(root) {
+        Ok(rel) if !rel.as_os_str().is_empty() => {
+            File::open(root).and_then(|root| crate::sys::file::open_beneath(root.as_fd(), rel))
+        }
+        _ => File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(src),
+    };
+    opened.map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::EXDEV) => anyhow::anyhow!(
+            "{} has a symlink or a mount on the way now (it was swapped since it was resolved?); nothing changed",
+            src.display()
+        ),
+        _ => anyhow::Error::new(e).context(format!("opening {}", src.display())),
+    })
 }
 
 fn check_destination(src: &Path, meta: &std::fs::Metadata, dst: &Path, force: bool) -> Result<()> {

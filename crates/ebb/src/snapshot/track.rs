@@ -33,7 +33,7 @@ const MAX_OWNER: usize = 128;
 pub fn track(tree: &Tree, catalog: &mut Catalog, path: &Path, owner: &str) -> Result<Tracking> {
     check_owner(owner)?;
     let path = crate::hsm::managed_path(tree, path)?;
-    let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let file = crate::hsm::open_managed(tree, &path)?;
     let identity = crate::hsm::identity_of(&file)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -70,7 +70,7 @@ pub fn track(tree: &Tree, catalog: &mut Catalog, path: &Path, owner: &str) -> Re
 /// Stop `owner`'s tracking of `path` and remove its base.
 pub fn untrack(tree: &Tree, catalog: &mut Catalog, path: &Path, owner: &str) -> Result<Tracking> {
     let path = crate::hsm::managed_path(tree, path)?;
-    let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let file = crate::hsm::open_managed(tree, &path)?;
     let identity = crate::hsm::identity_of(&file)?;
     match catalog.release_tracking(&identity.handle, owner)? {
         Ok(t) => {
@@ -103,7 +103,8 @@ pub fn refresh_base(
     let dir = tree.state_dir().join("bases");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let base = dir.join(&blake3::hash(handle.to_string().as_bytes()).to_hex()[..16]);
-    let kept = clone_unchanged(path, &base, stat)?;
+    let file = crate::hsm::open_managed(tree, path)?;
+    let kept = clone_unchanged(&file, path, &base, stat)?;
     catalog.set_tracking_base(
         handle,
         kept.then_some(base.as_path()),
@@ -112,10 +113,9 @@ pub fn refresh_base(
     Ok(kept)
 }
 
-/// Clone `src` to `dst` a few extents per call; keep it only if `src` still
-/// matches `stat` before and after.
-fn clone_unchanged(src: &Path, dst: &Path, stat: &StatSnap) -> Result<bool> {
-    let file = File::open(src).with_context(|| format!("opening {}", src.display()))?;
+/// Clone `file` (at `src`) to `dst` a few extents per call; keep it only
+/// if `file` still matches `stat` before and after.
+fn clone_unchanged(file: &File, src: &Path, dst: &Path, stat: &StatSnap) -> Result<bool> {
     if StatSnap::of(&file.metadata()?) != *stat {
         return Ok(false);
     }
@@ -124,7 +124,7 @@ fn clone_unchanged(src: &Path, dst: &Path, stat: &StatSnap) -> Result<bool> {
     let tmp = PathBuf::from(tmp);
     let out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let cloned = (|| -> Result<()> {
-        let block = nix::sys::statvfs::fstatvfs(&file)?.block_size();
+        let block = nix::sys::statvfs::fstatvfs(file)?.block_size();
         let plan = Plan::new(stat.size, block);
         for unit in (0..plan.units()).step_by(BASE_CALL_UNITS) {
             let bytes = plan.bytes(unit..(unit + BASE_CALL_UNITS).min(plan.units()));
@@ -134,7 +134,7 @@ fn clone_unchanged(src: &Path, dst: &Path, stat: &StatSnap) -> Result<bool> {
                         anyhow::anyhow!(
                             "{} is on {}, which cannot share blocks (reflink): tracking keeps a base snapshot, which needs XFS made with reflink=1 or btrfs",
                             src.display(),
-                            super::start::filesystem_name(&file)
+                            super::start::filesystem_name(file)
                         )
                     } else {
                         anyhow::Error::new(e).context(format!("cloning {}", src.display()))
