@@ -19,6 +19,21 @@ pub const DEFAULT_STORE: &str = "/var/lib/ebb/store";
 const CONFIG_FILE: &str = "config.json";
 const CONFIG_FORMAT: u32 = 1;
 
+impl Config {
+    /// `.ebb/config.json`'s bytes, checked.
+    fn parse(text: &[u8]) -> Result<Config> {
+        let config: Config =
+            serde_json::from_slice(text).context("it is damaged; re-create it with `ebb init`")?;
+        if config.format != CONFIG_FORMAT {
+            bail!(
+                "it has format {}, this ebb understands {CONFIG_FORMAT}",
+                config.format
+            );
+        }
+        Ok(config)
+    }
+}
+
 /// `.ebb/config.json`.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Config {
@@ -162,19 +177,8 @@ impl Tree {
         }
         let text = std::fs::read(config_path)
             .with_context(|| format!("reading {}", config_path.display()))?;
-        let config: Config = serde_json::from_slice(&text).with_context(|| {
-            format!(
-                "{} is damaged; re-create it with `ebb init`",
-                config_path.display()
-            )
-        })?;
-        if config.format != CONFIG_FORMAT {
-            bail!(
-                "{} has format {}, this ebb understands {CONFIG_FORMAT}",
-                config_path.display(),
-                config.format
-            );
-        }
+        let config = Config::parse(&text)
+            .with_context(|| format!("{} cannot be used", config_path.display()))?;
         Ok(Tree {
             root: root.to_path_buf(),
             config,
@@ -446,5 +450,25 @@ mod tests {
             .relative(&tree.root().join(".ebb/catalog.db"))
             .expect_err("own state");
         assert!(format!("{err:#}").contains("own state"));
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A config file's bytes: a tree or a clean error, no panic.
+        /// `PROPTEST_CASES` cases (SECURITY.md).
+        #[test]
+        fn untrusted_config_bytes_never_panic(
+            text in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..300),
+                ("[0-9]{1,3}", ".{0,20}", ".{0,40}", "[0-9-]{0,25}").prop_map(|(f, id, store, n)| format!(
+                    r#"{{"format":{f},"id":{id:?},"store":{store:?},"journal_max_events":{n}}}"#
+                ).into_bytes()),
+            ]
+        ) {
+            if let Ok(config) = Config::parse(&text) {
+                prop_assert_eq!(config.format, CONFIG_FORMAT);
+            }
+        }
     }
 }

@@ -57,16 +57,38 @@ pub fn get(file: BorrowedFd<'_>) -> io::Result<Option<StubMark>> {
     let Some(value) = get_xattr(file, STUB_XATTR)? else {
         return Ok(None);
     };
-    Ok(Some(serde_json::from_slice(&value).unwrap_or_else(|_| {
-        StubMark {
+    Ok(Some(StubMark::parse(&value)))
+}
+
+impl StubMark {
+    /// A mark's bytes; one that does not parse is of an unknown tree.
+    fn parse(value: &[u8]) -> StubMark {
+        serde_json::from_slice(value).unwrap_or_else(|_| StubMark {
             tree: "unknown (damaged mark)".to_string(),
             version: 0,
             hash: String::new(),
-        }
-    })))
+        })
+    }
 }
 
 /// Take the mark off `file` (no error if it has none).
 pub fn clear(file: BorrowedFd<'_>) -> io::Result<()> {
     remove_xattr(file, STUB_XATTR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Any xattr value: a mark (of an unknown tree if damaged), no
+        /// panic. `PROPTEST_CASES` cases (SECURITY.md).
+        #[test]
+        fn untrusted_stub_marks_never_panic(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let mark = StubMark::parse(&value);
+            if serde_json::from_slice::<StubMark>(&value).is_err() {
+                proptest::prop_assert_eq!(mark.version, 0);
+            }
+        }
+    }
 }

@@ -236,3 +236,67 @@ fn a_schema_1_catalog_is_upgraded_in_place() {
     assert!(!rec.filling);
     assert_eq!(rec.path, Path::new("/t/old"));
 }
+
+/// A catalog row's blobs are parsed without trusting them (a damaged or
+/// hand-edited catalog): property tests, `PROPTEST_CASES` cases each.
+mod untrusted {
+    use super::super::{decode_manifest, encode_manifest, Residency};
+    use crate::store::{ChunkHash, ChunkRef};
+    use proptest::prelude::*;
+
+    /// A contiguous manifest of chunks of the given lengths.
+    fn manifest(lens: &[u32], hashes: &[[u8; 32]]) -> Vec<ChunkRef> {
+        let mut offset = 0;
+        lens.iter()
+            .zip(hashes)
+            .map(|(&len, &hash)| {
+                let c = ChunkRef {
+                    offset,
+                    len,
+                    hash: ChunkHash(hash),
+                };
+                offset += u64::from(len);
+                c
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn untrusted_manifest_bytes_never_panic(blob in prop::collection::vec(any::<u8>(), 0..600)) {
+            if let Ok(chunks) = decode_manifest(&blob) {
+                // What it accepts is what it would write.
+                prop_assert_eq!(encode_manifest(&chunks), blob);
+            }
+        }
+
+        #[test]
+        fn untrusted_manifests_round_trip_and_refuse_a_changed_offset(
+            lens in prop::collection::vec(1u32..=crate::store::CHUNK_MAX, 1..12),
+            hashes in prop::collection::vec(any::<[u8; 32]>(), 12),
+            which in any::<prop::sample::Index>(),
+            by in 1u64..u64::MAX,
+        ) {
+            let chunks = manifest(&lens, &hashes);
+            let blob = encode_manifest(&chunks);
+            prop_assert_eq!(decode_manifest(&blob).expect("round trip"), chunks.clone());
+            let i = which.index(chunks.len());
+            let mut bad = chunks;
+            bad[i].offset = bad[i].offset.wrapping_add(by);
+            prop_assert!(decode_manifest(&encode_manifest(&bad)).is_err());
+            prop_assert!(decode_manifest(&blob[..blob.len() - 1]).is_err());
+        }
+
+        #[test]
+        fn untrusted_residency_maps_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..80),
+            len in prop_oneof![0usize..700, any::<usize>()],
+        ) {
+            if let Ok(map) = Residency::from_bytes(&bytes, len) {
+                prop_assert_eq!(map.to_bytes(), bytes);
+                prop_assert_eq!(map.len(), len);
+                prop_assert_eq!(map.is_complete(), (0..len).all(|i| map.contains(i)));
+            }
+        }
+    }
+}

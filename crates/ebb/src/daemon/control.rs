@@ -611,4 +611,47 @@ mod tests {
         ));
         assert!(!ends_with_token(b""));
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any request line on the control socket (root's only): answered
+        /// with one JSON line, `ok` false unless it parsed, no panic; a
+        /// line longer than the limit is refused. `PROPTEST_CASES` cases.
+        #[test]
+        fn untrusted_control_lines_are_answered(
+            line in prop_oneof![
+                "[^\n]{0,300}",
+                prop::sample::select(vec!["stats", "stat", "forget", "handover", "snapshot", "changes", "snapshot-status", "unserve", ""])
+                    .prop_flat_map(|op| ("[^\n]{0,40}", "[^\n]{0,40}").prop_map(move |(a, b)|
+                        serde_json::json!({"op": op, "since": a, "path": b, "dst": b, "src": a}).to_string())),
+                prop::collection::vec(any::<u8>(), MAX_REQUEST..MAX_REQUEST + 100)
+                    .prop_map(|b: Vec<u8>| String::from_utf8_lossy(&b).replace('\n', " ")),
+            ],
+        ) {
+            let (client, server) = UnixStream::pair().unwrap();
+            let mut sent = line.clone().into_bytes();
+            sent.push(b'\n');
+            let writer = std::thread::spawn(move || {
+                let mut c = &client;
+                let _ = std::io::Write::write_all(&mut c, &sent);
+                let mut back = String::new();
+                let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&client), &mut back);
+                back
+            });
+            let served = answer(&server, &|incoming: Incoming| {
+                let _ = incoming.reply.send(Err("parsed".to_string()));
+            });
+            drop(server);
+            let back = writer.join().unwrap();
+            if line.len() >= MAX_REQUEST {
+                prop_assert!(served.is_err());
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&back).expect("a JSON answer");
+                prop_assert_eq!(&v["ok"], false);
+                let parsed = serde_json::from_str::<Request>(&line).is_ok();
+                prop_assert_eq!(v["error"] == "parsed", parsed, "{}", back);
+            }
+        }
+    }
 }

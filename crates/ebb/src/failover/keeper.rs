@@ -813,4 +813,34 @@ mod tests {
             .expect("read");
         assert!(answer.contains("\"ok\":false"), "{answer}");
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any line, with 0-2 fds: answered, no panic; a refused one keeps
+        /// nothing and sends nothing back; what it keeps it names.
+        /// `PROPTEST_CASES` cases (SECURITY.md).
+        #[test]
+        fn untrusted_keeper_lines_are_answered(
+            line in prop_oneof![
+                "[^\n]{0,200}",
+                (prop::sample::select(vec!["put", "get", "drop", "stop", "ping", "exec", ""]),
+                 proptest::collection::vec("[^\n]{0,12}", 0..4))
+                    .prop_map(|(op, names)| serde_json::json!({"op": op, "names": names}).to_string()),
+            ],
+            fds in 0usize..3,
+        ) {
+            let mut k = keeper();
+            let (_r, w) = nix::unistd::pipe().expect("pipe");
+            let given: Vec<BorrowedFd<'_>> = (0..fds).map(|_| w.as_fd()).collect();
+            let (reply, back) = exchange(&mut k, &format!("{line}\n"), &given);
+            prop_assert!(reply["ok"].is_boolean(), "{}", reply);
+            if reply["ok"] == false {
+                prop_assert!(back.is_empty());
+                prop_assert!(k.kept.is_empty());
+            } else {
+                prop_assert!(k.kept.len() <= fds);
+            }
+        }
+    }
 }

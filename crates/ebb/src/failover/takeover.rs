@@ -559,4 +559,25 @@ mod tests {
         assert!(open_regular_file(dir.path()).is_none());
         assert!(open_regular_file(&dir.path().join("missing")).is_none());
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The keeper's tree record, whatever bytes it holds: parsed or
+        /// refused, no panic. `PROPTEST_CASES` cases (SECURITY.md).
+        #[test]
+        fn untrusted_tree_records_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = KeptFor::parse(&bytes);
+        }
+
+        #[test]
+        fn untrusted_tree_records_round_trip(root in "/[^\\x00]{0,100}", root_ino in any::<u64>()) {
+            let kept = KeptFor { root: PathBuf::from(root), root_ino };
+            let json = serde_json::to_vec(&kept).expect("json");
+            let mut bytes = (json.len() as u32).to_le_bytes().to_vec();
+            bytes.extend_from_slice(&json);
+            prop_assert_eq!(KeptFor::parse(&bytes).expect("parse"), kept);
+            prop_assert!(KeptFor::parse(&bytes[..bytes.len() - 1]).is_err());
+        }
+    }
 }

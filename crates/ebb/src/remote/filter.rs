@@ -334,4 +334,59 @@ mod tests {
             "pub/src/f"
         );
     }
+
+    mod untrusted {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// What a subscriber sends: paths made of names, `..`, `.`, empty
+        /// components and symlinks, against a tree with a symlink out of
+        /// the export. Whatever it asks, what it gets is inside the export
+        /// and reached through no symlink. `PROPTEST_CASES` cases.
+        fn requested() -> impl Strategy<Value = String> {
+            let part = prop::sample::select(vec![
+                "pub", "src", "f", "link", "..", ".", "", "secret", "passwd", "\u{e9}", "a b",
+            ]);
+            (any::<bool>(), prop::collection::vec(part, 0..8)).prop_map(|(abs, parts)| {
+                let joined = parts.join("/");
+                if abs {
+                    format!("/{joined}")
+                } else {
+                    joined
+                }
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn untrusted_watched_paths_stay_inside_the_export(rel in requested(), raw in ".{0,60}") {
+                let dir = tempfile::tempdir().unwrap();
+                let tree = dir.path().canonicalize().unwrap();
+                let export = tree.join("pub");
+                std::fs::create_dir_all(export.join("src")).unwrap();
+                std::fs::write(export.join("src/f"), b"").unwrap();
+                std::os::unix::fs::symlink("/etc", export.join("link")).unwrap();
+                for requested in [format!("{}{rel}", tree.display()), rel.clone(), raw.clone()] {
+                    if let Ok(w) = check_path(&tree, &export, &requested) {
+                        prop_assert!(w.path.starts_with(&export), "{requested:?} gave {}", w.path.display());
+                        let mut at = export.clone();
+                        for c in w.path.strip_prefix(&export).unwrap().components() {
+                            at.push(c);
+                            prop_assert!(!at.is_symlink(), "{requested:?} went through {}", at.display());
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn untrusted_event_kinds_and_tokens_never_panic(kinds in ".{0,60}", token in ".{0,60}") {
+                if let Ok(f) = Filter::new("p".into(), Some(&kinds)) {
+                    prop_assert!(f.kinds != 0);
+                }
+                if let Ok(t) = token.parse::<crate::journal::Token>() {
+                    prop_assert_eq!(t.to_string().parse::<crate::journal::Token>().unwrap().to_string(), t.to_string());
+                }
+            }
+        }
+    }
 }

@@ -306,4 +306,25 @@ mod tests {
             .unwrap();
         assert!(matches!(store.get(&hash), Err(StoreError::Corrupt { .. })));
     }
+
+    proptest::proptest! {
+        /// Whatever a store's marker holds: opened (format 1 only) or
+        /// refused as not a store, no panic. `PROPTEST_CASES` cases.
+        #[test]
+        fn untrusted_store_markers_never_panic(
+            marker in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
+            format in 0u32..4,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join(MARKER), &marker).unwrap();
+            if LocalDir::open(dir.path()).is_ok() {
+                proptest::prop_assert_eq!(
+                    serde_json::from_slice::<serde_json::Value>(&marker).ok().and_then(|v| v["format"].as_u64()),
+                    Some(1)
+                );
+            }
+            fs::write(dir.path().join(MARKER), format!(r#"{{"format":{format}}}"#)).unwrap();
+            proptest::prop_assert_eq!(LocalDir::open(dir.path()).is_ok(), format == FORMAT);
+        }
+    }
 }

@@ -539,3 +539,159 @@ fn an_open_with_o_trunc_raises_no_pre_access() {
     assert_eq!(std::fs::metadata(&path).expect("stat").len(), 0);
     assert_eq!(masks, vec![FAN_OPEN_PERM], "the only event");
 }
+
+/// What a read of a group returns is parsed without trusting it (the
+/// in-flight table hands a dead daemon's buffer to its successor):
+/// property tests, `PROPTEST_CASES` cases each (256 by default; see
+/// SECURITY.md for the long run).
+mod untrusted {
+    use super::super::{
+        parse_records, FidInfo, Record, SbMark, FANOTIFY_METADATA_VERSION,
+        FAN_EVENT_INFO_TYPE_RANGE, INFO_DFID, INFO_DFID_NAME, INFO_FID, INFO_NEW_DFID_NAME,
+        INFO_OLD_DFID_NAME, METADATA_LEN,
+    };
+    use crate::sys::handle::FileHandle;
+    use proptest::prelude::*;
+
+    /// An info record: kind, a u8 flag, its u16 length, then `body`.
+    fn info(kind: u8, body: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(4 + body.len()).expect("small record");
+        let mut out = vec![kind, 0];
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// `r` laid out as the kernel lays out an event.
+    fn event(r: &Record) -> Vec<u8> {
+        let mut infos = Vec::new();
+        if let Some((offset, count)) = r.range {
+            let mut body = vec![0u8; 4];
+            body.extend_from_slice(&offset.to_le_bytes());
+            body.extend_from_slice(&count.to_le_bytes());
+            infos.extend(info(FAN_EVENT_INFO_TYPE_RANGE, &body));
+        }
+        for f in &r.fids {
+            let mut body = Vec::new();
+            body.extend_from_slice(&f.fsid[0].to_le_bytes());
+            body.extend_from_slice(&f.fsid[1].to_le_bytes());
+            body.extend_from_slice(&(f.handle.bytes.len() as u32).to_le_bytes());
+            body.extend_from_slice(&f.handle.handle_type.to_le_bytes());
+            body.extend_from_slice(&f.handle.bytes);
+            if let Some(name) = &f.name {
+                body.extend_from_slice(name);
+                body.push(0);
+            }
+            infos.extend(info(f.kind, &body));
+        }
+        let len = (METADATA_LEN + infos.len()) as u32;
+        let mut out = len.to_le_bytes().to_vec();
+        out.extend_from_slice(&[FANOTIFY_METADATA_VERSION, 0]);
+        out.extend_from_slice(&(METADATA_LEN as u16).to_le_bytes());
+        out.extend_from_slice(&r.mask.to_le_bytes());
+        out.extend_from_slice(&r.fd.to_le_bytes());
+        out.extend_from_slice(&r.pid.to_le_bytes());
+        out.extend(infos);
+        out
+    }
+
+    fn fid() -> impl Strategy<Value = FidInfo> {
+        let kinds = prop::sample::select(vec![
+            INFO_FID,
+            INFO_DFID,
+            INFO_DFID_NAME,
+            INFO_OLD_DFID_NAME,
+            INFO_NEW_DFID_NAME,
+        ]);
+        let name = prop::collection::vec(1u8..=255, 1..40);
+        (
+            kinds,
+            any::<[i32; 2]>(),
+            any::<i32>(),
+            prop::collection::vec(any::<u8>(), 0..64),
+            name,
+        )
+            .prop_map(|(kind, fsid, handle_type, bytes, name)| FidInfo {
+                kind,
+                fsid,
+                handle: FileHandle { handle_type, bytes },
+                name: matches!(
+                    kind,
+                    INFO_DFID_NAME | INFO_OLD_DFID_NAME | INFO_NEW_DFID_NAME
+                )
+                .then_some(name),
+            })
+    }
+
+    fn record() -> impl Strategy<Value = Record> {
+        (
+            any::<u64>(),
+            any::<i32>(),
+            any::<i32>(),
+            any::<Option<(u64, u64)>>(),
+            prop::collection::vec(fid(), 0..3),
+        )
+            .prop_map(|(mask, fd, pid, range, fids)| Record {
+                mask,
+                fd,
+                pid,
+                range,
+                fids,
+            })
+    }
+
+    proptest! {
+        /// Any bytes: no panic, never more events than could fit.
+        #[test]
+        fn untrusted_event_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+            let (records, _) = parse_records(&bytes);
+            prop_assert!(records.len() <= bytes.len() / METADATA_LEN);
+        }
+
+        /// Well-formed events come back exactly; cut anywhere, the whole
+        /// events before the cut come back and the cut one is named bad.
+        #[test]
+        fn untrusted_events_cut_anywhere_give_the_whole_ones(
+            records in prop::collection::vec(record(), 1..6),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let laid: Vec<Vec<u8>> = records.iter().map(event).collect();
+            let all = laid.concat();
+            prop_assert_eq!(parse_records(&all), (records.clone(), None));
+            let cut = cut.index(all.len());
+            let (got, bad) = parse_records(&all[..cut]);
+            let whole = laid
+                .iter()
+                .scan(0, |end, e| { *end += e.len(); Some(*end) })
+                .take_while(|&end| end <= cut)
+                .count();
+            prop_assert_eq!(&got[..], &records[..whole]);
+            // Cut inside an event: bad, unless too little of it is left to
+            // say its length (a short tail is taken for the buffer's end).
+            let start: usize = laid[..whole].iter().map(Vec::len).sum();
+            prop_assert_eq!(bad.is_some(), cut > start && cut - start >= METADATA_LEN);
+        }
+
+        /// One byte of well-formed events changed: no panic.
+        #[test]
+        fn untrusted_events_with_a_byte_changed_never_panic(
+            records in prop::collection::vec(record(), 1..6),
+            at in any::<prop::sample::Index>(),
+            to in any::<u8>(),
+        ) {
+            let mut all: Vec<u8> = records.iter().flat_map(event).collect();
+            let at = at.index(all.len());
+            all[at] = to;
+            let (got, _) = parse_records(&all);
+            prop_assert!(got.len() <= records.len().max(all.len() / METADATA_LEN));
+        }
+
+        /// A mark line of `/proc/self/fdinfo`: no panic on any text.
+        #[test]
+        fn untrusted_fdinfo_lines_never_panic(line in ".{0,120}") {
+            let _ = SbMark::parse(&line);
+            let line = format!("fanotify sdev:{line}");
+            let _ = SbMark::parse(&line);
+        }
+    }
+}
