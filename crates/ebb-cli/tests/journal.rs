@@ -129,6 +129,42 @@ fn changes_names_every_kind_of_change_once_and_a_token_to_go_on_from() {
     assert_eq!(t1, t2);
 }
 
+/// README's two lines, as a user's script runs them: `--token` prints the
+/// token alone, which `--since` takes back. (It printed `token ebb:…`,
+/// which `--since` refused as not a token.)
+#[test]
+fn the_token_printed_by_changes_token_is_what_since_takes() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    env.start_daemon();
+    let printed = ebb([
+        OsStr::new("changes"),
+        OsStr::new("--token"),
+        env.root.as_os_str(),
+    ])
+    .ok();
+    let line = printed.out();
+    assert!(
+        line.trim().starts_with("ebb:") && line.lines().count() == 1,
+        "{line:?}"
+    );
+    let mut script = Command::new("sh");
+    script
+        .args([
+            "-c",
+            "t=$(\"$1\" changes --token \"$2\") && echo x > \"$2/after\" && \"$1\" changes --since \"$t\" \"$2\"",
+            "sh",
+        ])
+        .arg(common::EBB)
+        .arg(&env.root);
+    let run = common::run_cmd(common::with_run_dir(&mut script), common::COMMAND_TIMEOUT).ok();
+    let out = run.out();
+    assert!(
+        out.contains(&format!("{}", env.path("after").display())),
+        "{out}"
+    );
+}
+
 #[test]
 fn changes_refuses_garbage_and_says_everything_for_tokens_it_cannot_answer() {
     ebb::require_root!();

@@ -21,6 +21,16 @@ pub fn changes(path: &Path, since: Option<&str>, token_only: bool, json: bool) -
     }
     let tree = Tree::find(&path)?;
     tree.relative(&path)?;
+    if token_only && !json {
+        // The token alone, as README shows it: what `--since` takes.
+        let output = control::changes_output(&tree, None, &path, true)?;
+        let answer: serde_json::Value = serde_json::from_slice(&output)?;
+        let token = answer["token"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("the daemon gave no token"))?;
+        println!("{token}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let output = control::changes_output(&tree, since.as_ref(), &path, json)?;
     std::io::stdout().lock().write_all(&output)?;
     Ok(ExitCode::SUCCESS)
