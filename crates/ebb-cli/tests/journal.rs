@@ -389,6 +389,75 @@ fn a_queue_overflow_is_repaired_and_nothing_is_lost() {
     );
 }
 
+/// One name changing type, every way (file, directory, symlink): `git
+/// status` with the hook says what it says without one, at every step and
+/// after `git reset --hard`. (A file replaced by a directory was answered
+/// as `file/` only: git kept trusting its index entry `file`, status showed
+/// nothing, and reset left the directory in place.)
+#[test]
+fn a_name_that_changes_type_is_seen_by_git_through_the_hook() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    env.start_daemon();
+    let repo = env.path("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str], fsmonitor: bool| -> String {
+        let mut cmd = Command::new("git");
+        common::with_run_dir(&mut cmd)
+            .current_dir(&repo)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(["-c", "core.fsmonitorHookVersion=2"]);
+        if !fsmonitor {
+            cmd.args(["--no-optional-locks", "-c", "core.fsmonitor="]);
+        }
+        let out = cmd.args(args).output().expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    git(&["init", "-q", "."], false);
+    git(
+        &[
+            "config",
+            "core.fsmonitor",
+            &format!("{} fsmonitor-hook", common::EBB),
+        ],
+        false,
+    );
+    let sh = |script: &str| {
+        common::sh(&format!("cd \"$1\" && {script}"), &[repo.as_os_str()]).ok();
+    };
+    sh("echo a > n && git -c user.name=t -c user.email=t@t add n && git -c user.name=t -c user.email=t@t commit -qm n");
+    let same = |step: &str| {
+        let with = git(&["status", "--porcelain", "--untracked-files=all"], true);
+        let without = git(&["status", "--porcelain", "--untracked-files=all"], false);
+        assert_eq!(with, without, "after {step}: with the hook, then without");
+    };
+    same("the first commit");
+    let steps = [
+        "rm n && mkdir n && echo b > n/x",
+        "rm -r n && ln -s elsewhere n",
+        "rm n && mkdir n && echo c > n/y",
+        "rm -r n && echo d > n",
+        "rm n && ln -s again n",
+        "rm n && echo e > n",
+    ];
+    for step in steps {
+        sh(step);
+        same(step);
+        git(&["reset", "-q", "--hard"], true);
+        sh("git clean -qfdx");
+        same(&format!("{step}, then reset --hard"));
+        sh(step);
+        same(&format!("{step} again"));
+        sh("git add -A && git -c user.name=t -c user.email=t@t commit -qm step");
+        same(&format!("{step}, committed"));
+    }
+}
+
 /// Requirement 7: `git status` with ebb's hook equals `git status` without
 /// any fsmonitor after every step of a long random sequence of edits in a
 /// real repository, across a daemon restart and a queue overflow.

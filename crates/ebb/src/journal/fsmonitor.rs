@@ -3,7 +3,9 @@
 //! git runs `HOOK 2 TOKEN` in the work tree and reads `NEW_TOKEN\0` then
 //! NUL-terminated paths relative to the work tree (directories end in
 //! `/`, and stand for everything below them), or `NEW_TOKEN\0/\0` for
-//! "scan everything". Changes inside `.git/` are git's own and left out.
+//! "scan everything". A directory is answered both bare and with its `/`:
+//! the bare name is what invalidates an index entry of that name (a file
+//! the directory replaced). Changes inside `.git/` are git's own and left out.
 
 use super::{under, Answer};
 
@@ -35,10 +37,14 @@ pub fn hook_output(answer: &Answer, worktree: &str) -> Vec<u8> {
             continue;
         }
         out.extend_from_slice(rel.as_bytes());
-        if change.is_dir {
-            out.push(b'/');
-        }
         out.push(0);
+        if change.is_dir {
+            // Also as a directory, for everything below it. Not only so:
+            // the name may have been a file (or a symlink) in git's index,
+            // and `name/` alone leaves that entry trusted.
+            out.extend_from_slice(rel.as_bytes());
+            out.extend_from_slice(b"/\0");
+        }
     }
     out
 }
@@ -81,7 +87,7 @@ mod tests {
         ]);
         assert_eq!(
             hook_output(&a, "repo"),
-            b"ebb:ab:7\0src/a.c\0new/\0".to_vec()
+            b"ebb:ab:7\0src/a.c\0new\0new/\0".to_vec()
         );
     }
 
