@@ -299,3 +299,104 @@ fn a_snapshot_source_swapped_for_a_symlink_is_not_followed() {
     );
     assert!(!clone.exists(), "a clone was left");
 }
+
+/// A file its owner replaces (a rename over it, no symlink anywhere)
+/// between ebb's check of the path and its open: the open is refused as
+/// another file than the one checked, and nothing is archived. (Before,
+/// whatever file stood at the path when it was opened was archived.)
+#[test]
+fn a_file_replaced_after_the_check_is_refused() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    let shared = shared_dir(&env);
+    let made = as_nobody(
+        "echo checked > \"$1/f\" && echo other > \"$1/g\" && echo made",
+        &[shared.as_os_str()],
+    );
+    assert!(made.out().contains("made"), "{made:?}");
+    let target = shared.join("f");
+    let mut archive = std::process::Command::new(EBB);
+    with_run_dir(&mut archive)
+        .args(["archive", "--json"])
+        .arg(&target)
+        .env("EBB_TEST_PAUSE", "path-checked:3000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = archive.spawn().expect("ebb archive");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("path-checked") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        assert!(n > 0, "ebb archive ended before its check");
+    }
+    let swapped = as_nobody(
+        "mv \"$1/g\" \"$1/f\" && echo swapped",
+        &[shared.as_os_str()],
+    );
+    assert!(swapped.out().contains("swapped"), "{swapped:?}");
+    let out = child.wait_with_output().expect("ebb archive");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("another file now than when it was checked"),
+        "the replacement was archived: {said}"
+    );
+    assert_eq!(env.status(&target)["managed"], false);
+}
+
+/// `ebb serve` on loopback: another local user can neither read its secret
+/// (root's 0600 file) nor stream the tree's changes without it: 401, with
+/// no secret and with a wrong one. (The server used to stream every change
+/// to any local user.)
+#[test]
+fn a_local_user_cannot_stream_a_served_trees_changes() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    open_the_way(&env);
+    env.start_daemon();
+    // As root's routine would start it: no secret, no --no-auth.
+    ebb([
+        OsStr::new("serve"),
+        env.root.as_os_str(),
+        OsStr::new("--listen"),
+        OsStr::new("127.0.0.1:0"),
+    ])
+    .fails()
+    .says("--token-file");
+    let secret = env.fs.scratch().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123\n").expect("secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut cmd = ebb_command();
+    cmd.arg("serve")
+        .arg(&env.root)
+        .args(["--listen", "127.0.0.1:0", "--token-file"])
+        .arg(&secret)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut server = KillOnDrop::spawn(&mut cmd);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.take().expect("piped")),
+        &mut line,
+    )
+    .expect("ebb serve's first line");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("a url")
+        .to_string();
+    let read = as_nobody("cat \"$1\" 2>&1; true", &[secret.as_os_str()]);
+    assert!(
+        !read.out().contains("0123456789"),
+        "the secret was read: {read:?}"
+    );
+    let watched = format!("{url}/v1/watch?path={}", env.root.display());
+    for auth in ["", "Bearer wrong-wrong-wrong-wrong"] {
+        let asked = as_nobody(
+            "python3 -c 'import sys, urllib.request as u\nr = u.Request(sys.argv[1])\nif sys.argv[2]: r.add_header(\"Authorization\", sys.argv[2])\ntry:\n    u.urlopen(r, timeout=20); print(\"streamed\")\nexcept u.HTTPError as e: print(\"status\", e.code)' \"$1\" \"$2\"",
+            &[OsStr::new(&watched), OsStr::new(auth)],
+        );
+        assert!(asked.out().contains("status 401"), "{auth:?}: {asked:?}");
+    }
+}

@@ -38,7 +38,7 @@ pub fn archive(
     progress: &dyn Progress,
 ) -> Result<ArchiveOutcome> {
     let path = managed_path(tree, path)?;
-    let file = super::open_managed(tree, &path)?;
+    let file = super::open_checked(tree, &path)?;
     let identity = identity_of(&file)?;
     // Written back first: a page dirtied through a shared mapping is then
     // clean and write-protected, so a later write through the mapping

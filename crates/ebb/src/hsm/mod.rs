@@ -50,9 +50,29 @@ pub fn identity_of(file: &File) -> Result<Identity> {
     })
 }
 
+/// A path [`managed_path`] checked, and the file it named then.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    path: PathBuf,
+    dev_ino: (u64, u64),
+}
+
+impl std::ops::Deref for Checked {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for Checked {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// Check that `path` names a regular file inside `tree` (not ebb's own
-/// state, not a symlink) and return it resolved.
-pub fn managed_path(tree: &Tree, path: &Path) -> Result<PathBuf> {
+/// state, not a symlink) and return it resolved, with the file it names.
+pub fn managed_path(tree: &Tree, path: &Path) -> Result<Checked> {
     let abs = resolve(path)?;
     tree.relative(&abs)?;
     let meta = std::fs::symlink_metadata(&abs)
@@ -74,7 +94,24 @@ pub fn managed_path(tree: &Tree, path: &Path) -> Result<PathBuf> {
     }
     same_filesystem(tree, &abs, &meta)?;
     crate::hooks::pause_point("path-checked", abs.display());
-    Ok(abs)
+    use std::os::unix::fs::MetadataExt;
+    Ok(Checked {
+        path: abs,
+        dev_ino: (meta.dev(), meta.ino()),
+    })
+}
+
+/// [`open_managed`] for a path [`managed_path`] checked: refused unless
+/// what is opened is the file that was checked.
+pub fn open_checked(tree: &Tree, checked: &Checked) -> Result<File> {
+    let file = open_managed(tree, checked)?;
+    if crate::sys::file::dev_ino(file.as_fd())? != checked.dev_ino {
+        bail!(
+            "{} is another file now than when it was checked (replaced meanwhile?); nothing changed",
+            checked.display()
+        );
+    }
+    Ok(file)
 }
 
 /// Open the file at `path` (as [`managed_path`] returned it) for reading,

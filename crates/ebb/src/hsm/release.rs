@@ -53,7 +53,7 @@ pub fn release(
             control::forget(tree, file).context("telling the daemon the file is being released")?;
         Ok(())
     };
-    let plain = super::open_managed(tree, &path)?;
+    let plain = super::open_checked(tree, &path)?;
     let held = Exclusive::acquire(plain, &path, forget).map_err(|e| match e {
         ExclusiveError::Busy { .. } => anyhow::Error::new(e),
         ExclusiveError::Other(e) => e.context(format!("preparing to release {}", path.display())),

@@ -46,7 +46,7 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreOutcome> {
     let path = managed_path(tree, path)?;
-    let file = super::open_managed(tree, &path)?;
+    let file = super::open_checked(tree, &path)?;
     let size = file.metadata()?.len();
     let identity = identity_of(&file)?;
     let rec = match catalog.file_by_handle(&identity.handle)? {

@@ -30,7 +30,7 @@ pub struct FileStatus {
 /// The status of the file at `path`.
 pub fn status(tree: &Tree, catalog: &Catalog, path: &Path) -> Result<FileStatus> {
     let path = managed_path(tree, path)?;
-    let file = super::open_managed(tree, &path)?;
+    let file = super::open_checked(tree, &path)?;
     let identity = identity_of(&file)?;
     // The record first, then the file: a fill recorded in between leaves
     // a newer file beside an older record, which still agrees with it.
@@ -47,7 +47,7 @@ pub fn status(tree: &Tree, catalog: &Catalog, path: &Path) -> Result<FileStatus>
     }
     Ok(match record {
         None => FileStatus {
-            path,
+            path: path.to_path_buf(),
             state: State::Resident,
             size: stat.size,
             resident_bytes: stat.size,
@@ -63,7 +63,7 @@ pub fn status(tree: &Tree, catalog: &Catalog, path: &Path) -> Result<FileStatus>
                 rec.resident_bytes().min(stat.size)
             };
             FileStatus {
-                path,
+                path: path.to_path_buf(),
                 state,
                 size: stat.size,
                 resident_bytes,

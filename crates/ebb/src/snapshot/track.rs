@@ -33,7 +33,7 @@ const MAX_OWNER: usize = 128;
 pub fn track(tree: &Tree, catalog: &mut Catalog, path: &Path, owner: &str) -> Result<Tracking> {
     check_owner(owner)?;
     let path = crate::hsm::managed_path(tree, path)?;
-    let file = crate::hsm::open_managed(tree, &path)?;
+    let file = crate::hsm::open_checked(tree, &path)?;
     let identity = crate::hsm::identity_of(&file)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -70,7 +70,7 @@ pub fn track(tree: &Tree, catalog: &mut Catalog, path: &Path, owner: &str) -> Re
 /// Stop `owner`'s tracking of `path` and remove its base.
 pub fn untrack(tree: &Tree, catalog: &mut Catalog, path: &Path, owner: &str) -> Result<Tracking> {
     let path = crate::hsm::managed_path(tree, path)?;
-    let file = crate::hsm::open_managed(tree, &path)?;
+    let file = crate::hsm::open_checked(tree, &path)?;
     let identity = crate::hsm::identity_of(&file)?;
     match catalog.release_tracking(&identity.handle, owner)? {
         Ok(t) => {
