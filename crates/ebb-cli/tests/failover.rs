@@ -12,6 +12,7 @@
 mod common;
 
 use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -731,6 +732,87 @@ fn sigterm_pauses_readers_wait_and_unserve_ends_it() {
         refused.stderr.contains("nothing serves"),
         "{}",
         refused.stderr
+    );
+}
+
+/// The same exec, by another user (uid 65534) in a directory they can
+/// write, who swaps the binary's path for a FIFO while no daemon runs: the
+/// next daemon, looking the execve's path up, must not block on the FIFO
+/// (an open for reading waits for a writer that never comes); it comes up
+/// and serves, and the exec, whose binary it can no longer find, gets EIO,
+/// never the stub's holes. (The takeover opened such paths as root after
+/// an `is_file` check: a FIFO swapped in between stopped it for good; then
+/// it let the exec through unfilled.)
+#[test]
+fn a_fifo_swapped_in_for_an_exec_path_does_not_block_the_next_daemon() {
+    ebb::require_root!();
+    let fix = Fix::new(300);
+    std::fs::set_permissions(fix.env.fs.scratch(), std::fs::Permissions::from_mode(0o755))
+        .expect("opening the scratch directory to all");
+    let shared = fix.env.path("shared");
+    std::fs::create_dir(&shared).expect("mkdir shared");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let prog = shared.join("prog");
+    std::fs::copy("/usr/bin/true", &prog).expect("copy a binary");
+    std::os::unix::fs::chown(&prog, Some(65534), Some(65534)).expect("chown");
+    fix.env.archive(&prog);
+    assert_eq!(fix.env.release(&prog)["result"], "released");
+    let crashing = fix.start_with(Some("after-read:1"), false);
+    let exec = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "timeout",
+            "60",
+        ])
+        .arg(&prog)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("exec the released binary as nobody");
+    assert!(
+        gone_within(crashing, DIE_TIMEOUT),
+        "the daemon did not crash; log:\n{}",
+        fix.env.log()
+    );
+    let swapped = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg("mv \"$1/prog\" \"$1/prog.old\" && mkfifo \"$1/prog\" && echo swapped")
+        .arg("sh")
+        .arg(&shared)
+        .output()
+        .expect("swap");
+    assert!(
+        String::from_utf8_lossy(&swapped.stdout).contains("swapped"),
+        "{swapped:?}"
+    );
+    // Fails after COMMAND_TIMEOUT if the daemon blocks on the FIFO.
+    fix.start();
+    let out = exec.wait_with_output().expect("wait");
+    // The program it opened is nowhere to be found by path: refused, not
+    // run from its holes (zeros: ENOEXEC, and execvp's fallback would run
+    // the path, now the FIFO, as a script).
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("Input/output error"),
+        "the exec was not refused ({:?}): {said}; log:\n{}",
+        out.status.code(),
+        fix.env.log()
+    );
+    assert_eq!(
+        std::fs::read(shared.join("prog.old")).expect("read"),
+        std::fs::read("/usr/bin/true").expect("read")
     );
 }
 

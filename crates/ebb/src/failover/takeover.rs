@@ -350,7 +350,18 @@ pub fn redrive(
             },
             None => {
                 done.found_by_pid += 1;
-                files_of_process(p.pid)
+                match files_of_process(p.pid) {
+                    Some(files) => files,
+                    None => {
+                        tracing::warn!(
+                            "event {} of pid {}: the program it is exec'ing is no regular file at its path any more (swapped?); it gets EIO, never unfilled bytes",
+                            p.fd,
+                            p.pid
+                        );
+                        denied_unfound(group, table, &mut done, p.fd);
+                        continue;
+                    }
+                }
             }
         };
         let mut response = Response::Allow;
@@ -428,10 +439,27 @@ fn fill_if_stub(
     )
 }
 
+/// Answer `fd`'s event with EIO: the file it is about cannot be found.
+fn denied_unfound(group: &Group, table: &mut InflightTable, done: &mut Redriven, fd: i32) {
+    if let Err(e) = group.respond(EventId(fd), Response::DenyErrno(libc::EIO)) {
+        tracing::debug!("answering redriven event {fd}: {e}");
+    }
+    table.answered(fd);
+    done.events += 1;
+    done.denied += 1;
+}
+
 /// The regular files process `pid` has open or mapped, and the program it
-/// is exec'ing, if it is blocked in `execve`.
-fn files_of_process(pid: i32) -> Vec<File> {
-    let mut paths: Vec<PathBuf> = exec_target(pid).into_iter().collect();
+/// is exec'ing, if it is blocked in `execve`; `None` if it is, and what its
+/// path names now is no regular file (the program it opened cannot be
+/// found: its event must not be let through to what may be a stub's holes).
+fn files_of_process(pid: i32) -> Option<Vec<File>> {
+    let exec = exec_target(pid);
+    let mut files = Vec::new();
+    if let Some(path) = exec {
+        files.push(open_regular_file(&path)?);
+    }
+    let mut paths = Vec::new();
     if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
         paths.extend(fds.flatten().map(|e| e.path()));
     }
@@ -445,10 +473,8 @@ fn files_of_process(pid: i32) -> Vec<File> {
             }
         }
     }
-    paths
-        .into_iter()
-        .filter_map(|p| open_regular_file(&p))
-        .collect()
+    files.extend(paths.into_iter().filter_map(|p| open_regular_file(&p)));
+    Some(files)
 }
 
 /// `path` opened for reading if it is a regular file, with nothing else
