@@ -133,6 +133,26 @@ fn changes_names_every_kind_of_change_once_and_a_token_to_go_on_from() {
     assert_eq!(t1, t2);
 }
 
+/// A write through a shared mapping raises no `FAN_MODIFY`: the file is
+/// still named once whoever wrote it closes it (`FAN_CLOSE_WRITE`), for
+/// `ebb changes` and for git through the hook. (It was never named.)
+#[test]
+fn a_write_through_a_shared_mapping_is_named_once_the_file_is_closed() {
+    ebb::require_root!();
+    let env = Env::new(300);
+    std::fs::write(env.path("mapped"), vec![b'a'; 8192]).expect("write");
+    env.start_daemon();
+    let since = token(&env.root);
+    common::python(
+        "import mmap, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\nm = mmap.mmap(fd, 8192)\nm[100:105] = b'mmap!'\nm.flush(); m.close(); os.close(fd)",
+        &[env.path("mapped").as_os_str()],
+    )
+    .ok();
+    let (set, everything, _) = parsed(&env.root, changes(&env.root, &since));
+    assert_eq!(everything, None);
+    assert!(has(&set, "mapped", "modified"), "{set:?}");
+}
+
 /// README's two lines, as a user's script runs them: `--token` prints the
 /// token alone, which `--since` takes back. (It printed `token ebb:…`,
 /// which `--since` refused as not a token.)

@@ -22,10 +22,17 @@ use crate::sys::handle::{handle_of, open_by_handle, FileHandle, HandleRef};
 use crate::tree::Tree;
 
 /// What the journal's group watches.
+///
+/// `FAN_CLOSE_WRITE` because a write through a shared mapping raises no
+/// `FAN_MODIFY`: such a file is named once the last fd or mapping that
+/// could have written it goes (a mapping kept open after its fd is named
+/// only at its `munmap`). A close after writes the kernel merges with
+/// their `FAN_MODIFY` in the queue costs nothing more.
 pub const MASK: u64 = libc::FAN_CREATE
     | libc::FAN_DELETE
     | libc::FAN_RENAME
     | libc::FAN_MODIFY
+    | libc::FAN_CLOSE_WRITE
     | libc::FAN_ATTRIB
     | libc::FAN_ONDIR;
 /// Where query cookies are made, under the tree's state directory.
@@ -130,7 +137,11 @@ impl Recorder {
         let (mut journal, fresh) = Journal::open(&db)?;
         // ebb's own files (this journal's writes above all) would raise
         // events the recorder reads only to drop.
-        crate::daemon::silence_own_files(&group, tree, libc::FAN_MODIFY | libc::FAN_ATTRIB)?;
+        crate::daemon::silence_own_files(
+            &group,
+            tree,
+            libc::FAN_MODIFY | libc::FAN_CLOSE_WRITE | libc::FAN_ATTRIB,
+        )?;
         if !fresh {
             journal.open_gap("ebb was not recording (the daemon was stopped or crashed)")?;
         }
@@ -851,7 +862,7 @@ impl Worker {
             Kind::Created
         } else if deleted {
             Kind::Deleted
-        } else if event.mask & libc::FAN_MODIFY != 0 {
+        } else if event.mask & (libc::FAN_MODIFY | libc::FAN_CLOSE_WRITE) != 0 {
             Kind::Modified
         } else {
             Kind::Attrib
