@@ -74,8 +74,11 @@ fn corrupt_chunks_give_eio_never_wrong_bytes() {
         corrupt_blob(b);
     }
 
-    // No daemon: restore refuses, and writes nothing.
-    ebb([OsStr::new("restore"), path.as_os_str()]).fails();
+    // No daemon: restore refuses, naming the damage, and writes nothing.
+    let run = ebb([OsStr::new("restore"), path.as_os_str()])
+        .fails()
+        .says("in the store is corrupt");
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
     let st = env.status(&path);
     assert_eq!(st["state"], "released", "{st}");
 
@@ -91,8 +94,11 @@ fn corrupt_chunks_give_eio_never_wrong_bytes() {
     assert_eq!(st["state"], "released", "{st}");
     assert_eq!(st["resident_bytes"], 0, "{st}");
 
-    // With the daemon running, restore fails too.
-    ebb([OsStr::new("restore"), path.as_os_str()]).fails();
+    // With the daemon running, restore fails too, pointing at its log.
+    ebb([OsStr::new("restore"), path.as_os_str()])
+        .fails()
+        .says("could not bring back")
+        .says("daemon.log");
 
     // Repaired store: the same daemon now serves the file.
     for (b, bytes) in blobs.iter().zip(&saved) {
@@ -154,7 +160,10 @@ fn missing_chunk_gives_eio() {
     let s = env.stats();
     assert!(stat_u64(&s, "fill_errors") >= 1, "{s}");
     assert!(stat_u64(&s, "denied") >= 1, "{s}");
-    ebb([OsStr::new("restore"), path.as_os_str()]).fails();
+    ebb([OsStr::new("restore"), path.as_os_str()])
+        .fails()
+        .says("could not bring back")
+        .says("daemon.log");
     assert_ne!(env.status(&path)["state"], "archived");
 }
 
