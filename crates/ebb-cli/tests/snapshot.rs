@@ -440,17 +440,27 @@ fn a_snapshot_cut_by_a_daemon_crash_is_finished_by_the_next_daemon_or_removed() 
 }
 
 /// A truncate, or a replacement of the source, during the snapshot: the
-/// snapshot still holds the whole file as it was.
+/// snapshot still holds the whole file as it was. The sweep is held 1.5 s
+/// after its first run of units, and each meddling is shown to have begun
+/// before it went on.
 #[test]
 fn a_source_cut_short_or_replaced_during_the_snapshot_is_snapshotted_whole() {
     ebb::require_root!();
     let env = Env::new(400);
     env.start_daemon_with(
         |cmd| {
-            cmd.env("EBB_TEST_SNAPSHOT_THROTTLE_MS", "5");
+            cmd.env("EBB_TEST_SNAPSHOT_THROTTLE_MS", "5")
+                .env("EBB_TEST_PAUSE", "snapshot-swept:1500:units 0..");
         },
         common::COMMAND_TIMEOUT,
     );
+    let utc_now = || {
+        common::sh("date -u +%Y-%m-%dT%H:%M:%S.%6NZ", &[])
+            .ok()
+            .out()
+            .trim()
+            .to_string()
+    };
     let src = env.path("vm.img");
     for (dst, meddle) in [
         ("cut@1", "truncate -s 1M \"$1\""),
@@ -466,8 +476,16 @@ fn a_source_cut_short_or_replaced_during_the_snapshot_is_snapshotted_whole() {
             let (src, dst) = (src.clone(), dst.clone());
             common::spawn(move || snapshot(&src, &dst, &[]))
         };
-        wait_for(|| partial(&dst).exists(), "the snapshot to start");
-        std::thread::sleep(Duration::from_millis(100));
+        let held = "units 0..";
+        let of = format!("of {}; ", dst.display());
+        let line_of = |what: &str| {
+            env.log()
+                .lines()
+                .find(|l| l.contains(held) && l.contains(&of) && l.ends_with(what))
+                .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        };
+        wait_for(|| line_of("pausing").is_some(), "the sweep to be held");
+        let meddled_at = utc_now();
         common::sh(meddle, &[src.as_os_str()]).ok();
         let done = snapshotting.join().unwrap().ok().json1();
         assert!(
@@ -475,9 +493,10 @@ fn a_source_cut_short_or_replaced_during_the_snapshot_is_snapshotted_whole() {
             "{}: the whole file as it was",
             dst.display()
         );
+        let went_on = line_of("going on").expect("the held sweep went on");
         assert!(
-            done["seconds"].as_f64().unwrap() > 0.1,
-            "it was still running when meddled with: {done}"
+            meddled_at < went_on,
+            "meddled with at {meddled_at}, after the sweep went on at {went_on}: nothing was tested ({done})"
         );
         if dst.ends_with("cut@1") {
             assert!(

@@ -11,7 +11,8 @@
 //! Points: `fill-sized` (a fill worker read the file's size and has not
 //! written yet), `fill-written` (it wrote its chunk and has not put the
 //! mtime back), `path-checked` (a command resolved and checked a path
-//! it names, and has not opened it), `release-guarded` (release holds new opens of the file
+//! it names, and has not opened it), `snapshot-swept` (a snapshot's sweep
+//! cloned a run of units and has not gone on), `release-guarded` (release holds new opens of the file
 //! and has not yet had the daemon mark the filesystem), `wal-sync` (the
 //! catalog's syncer is about to make residency records durable).
 

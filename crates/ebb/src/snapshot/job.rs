@@ -242,6 +242,17 @@ impl Job {
         for i in run.clone() {
             self.cloned[i].store(true, Ordering::Release);
         }
+        if !early {
+            crate::hooks::pause_point(
+                "snapshot-swept",
+                format_args!(
+                    "units {}..{} of {}",
+                    run.start,
+                    run.end,
+                    self.spec.dst.display()
+                ),
+            );
+        }
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         c.cloned_bytes += bytes.end - bytes.start;
         c.clone_calls += 1;
