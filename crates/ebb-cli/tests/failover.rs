@@ -32,6 +32,8 @@ struct Fix {
     daemons: Mutex<Vec<i32>>,
     id: String,
     env: Env,
+    /// `EBB_TEST_PAUSE` for every daemon it starts, if set.
+    pause: Option<&'static str>,
 }
 
 impl Fix {
@@ -51,6 +53,7 @@ impl Fix {
             daemons: Mutex::new(Vec::new()),
             id,
             env,
+            pause: None,
         }
     }
 
@@ -65,6 +68,9 @@ impl Fix {
         let pid = self.env.start_daemon_with(
             |cmd| {
                 cmd.args(replace.then_some("--replace"));
+                if let Some(pause) = self.pause {
+                    cmd.env("EBB_TEST_PAUSE", pause);
+                }
                 match crash {
                     Some(point) => cmd.env("EBB_TEST_CRASH", point),
                     None => cmd.env_remove("EBB_TEST_CRASH"),
@@ -422,7 +428,10 @@ fn a_crash_at_each_point_is_redriven_with_exact_bytes() {
 ///    (ten times over): the old daemon exits, the new one serves, every
 ///    reader gets exact bytes.
 fn replace_while_readers_read(hold_catalog: bool) {
-    let fix = Fix::new(400);
+    let mut fix = Fix::new(400);
+    // Each fill held 20 ms: the readers take a second or more, so the
+    // handover lands mid-read (checked each round).
+    fix.pause = Some("fill-sized:20");
     let mut files = Vec::new();
     for i in 0..8 {
         let data = random_bytes(8 * MIB);
@@ -438,12 +447,19 @@ fn replace_while_readers_read(hold_catalog: bool) {
                 assert_eq!(fix.env.release(path)["result"], "released");
             }
         }
-        let readers: Vec<Reader> = files
+        let mut readers: Vec<Reader> = files
             .iter()
             .map(|(path, _)| Reader::cat(&fix.env, path))
             .collect();
-        std::thread::sleep(Duration::from_millis(100));
+        common::wait_for(
+            || readers.iter().all(|r| r.progress() > 0),
+            "every reader to be served something",
+        );
         let new = fix.start_within(None, true, Duration::from_secs(30));
+        assert!(
+            readers.iter_mut().any(Reader::running),
+            "round {round}: every read was over before the handover: nothing was tested"
+        );
         assert_ne!(new, old);
         assert!(
             gone_within(old, Duration::from_secs(10)),
