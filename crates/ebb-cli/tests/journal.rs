@@ -59,6 +59,15 @@ fn stall_file(env: &Env) -> std::path::PathBuf {
     env.fs.scratch().join("stall")
 }
 
+/// Hold the recorder still (see [`stall_file`]) and wait until it does:
+/// from then on every event waits in the kernel's queue.
+fn hold_recorder(stall: &Path) {
+    std::fs::write(stall, b"").expect("the stall file");
+    let mut held = stall.as_os_str().to_owned();
+    held.push(".held");
+    common::wait_for(|| Path::new(&held).exists(), "the recorder to hold still");
+}
+
 /// `ebb daemon --background` whose recorder a test can hold still.
 fn start_stallable(env: &Env) -> i32 {
     let stall = stall_file(env);
@@ -98,7 +107,7 @@ fn changes_names_every_kind_of_change_once_and_a_token_to_go_on_from() {
     std::fs::write(env.path("outside-src"), b"o").unwrap();
     // Removed whole while the recorder is held still: its directories are
     // gone before their events are read, and only the crawl knew them.
-    std::fs::write(&stall, b"").unwrap();
+    hold_recorder(&stall);
     std::fs::remove_dir_all(env.path("old")).unwrap();
     std::fs::remove_file(&stall).unwrap();
 
@@ -286,7 +295,10 @@ fn a_clean_restart_journals_nothing_twice() {
     // The index takes the new directory in before files are made in it
     // (which change its times again).
     token(&env.root);
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_for(
+        || common::stat_u64(&common::stats(&env.root), "journal_index_lag") == 0,
+        "the journal's index to catch up",
+    );
     for i in 0..200 {
         std::fs::write(env.path(&format!("d/sub/f{i}")), b"x").unwrap();
     }
@@ -299,7 +311,7 @@ fn a_clean_restart_journals_nothing_twice() {
         has(&set, "d/sub/f7", "created") && has(&set, "e", "renamed"),
         "{set:?}"
     );
-    std::fs::write(&stall, b"").unwrap();
+    hold_recorder(&stall);
     let (set, everything) = changes_after_a_clean_restart(&env, pid, &t1);
     assert_eq!(everything, None);
     assert!(
@@ -374,8 +386,7 @@ fn change_still_queued_at_the_end(
         })
     };
     let t1 = token(&env.root);
-    std::fs::write(&stall, b"").expect("stall");
-    std::thread::sleep(Duration::from_millis(200));
+    hold_recorder(&stall);
     std::fs::write(env.path("p"), b"changed, bigger").expect("change p");
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     noise.join().expect("noise");
@@ -426,7 +437,7 @@ fn a_queue_overflow_is_repaired_and_nothing_is_lost() {
     let stall = stall_file(&env);
     start_stallable(&env);
     let t0 = token(&env.root);
-    std::fs::write(&stall, b"").unwrap();
+    hold_recorder(&stall);
     std::fs::create_dir(env.path("many")).unwrap();
     for i in 0..20_000 {
         std::fs::write(env.path(&format!("many/{i}")), b"").unwrap();
@@ -646,14 +657,18 @@ fn git_status_with_the_hook_always_equals_git_status_without_it() {
                 // The keeper holds the group: this write waits for the
                 // next daemon, so it is made in the background.
                 let path = repo.join("while-down");
-                let writer = std::thread::spawn(move || std::fs::write(path, b"x"));
-                std::thread::sleep(Duration::from_millis(100));
+                let writer = std::thread::spawn({
+                    let path = path.clone();
+                    move || std::fs::write(path, b"x")
+                });
+                // Made (an open raises no event), its write waiting.
+                common::wait_for(|| path.exists(), "the file made while down");
                 files.push("while-down".into());
                 pid = start_stallable(&env);
                 writer.join().expect("writer").expect("write");
             }
             "overflow" => {
-                std::fs::write(&stall, b"").unwrap();
+                hold_recorder(&stall);
                 std::fs::create_dir_all(repo.join("flood")).unwrap();
                 for i in 0..20_000 {
                     std::fs::write(repo.join(format!("flood/{i}")), b"").unwrap();
@@ -781,7 +796,7 @@ fn merged_events_are_told_apart_by_what_is_there_now() {
     let stall = stall_file(&env);
     start_stallable(&env);
     let t0 = token(&env.root);
-    std::fs::write(&stall, b"").expect("stall");
+    hold_recorder(&stall);
     std::fs::write(env.path("brief"), b"x").expect("write");
     std::fs::remove_file(env.path("brief")).expect("rm");
     std::fs::remove_file(env.path("again")).expect("rm");

@@ -968,11 +968,25 @@ impl Worker {
 
 /// Tests hold the recorder still while the file named by
 /// `EBB_TEST_JOURNAL_STALL` exists: to make the kernel's queue overflow for
-/// real, to keep index entries lagging, to make a crawl last.
+/// real, to keep index entries lagging, to make a crawl last. Once the
+/// recorder holds still (it reads no event until the file goes), it says so
+/// with `<file>.held`, which a test waits for.
 fn stalled() -> bool {
-    static STALL: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    STALL
-        .get_or_init(|| std::env::var_os("EBB_TEST_JOURNAL_STALL").map(PathBuf::from))
-        .as_ref()
-        .is_some_and(|s| s.exists())
+    static STALL: std::sync::OnceLock<Option<(PathBuf, PathBuf)>> = std::sync::OnceLock::new();
+    let Some((stall, held)) = STALL.get_or_init(|| {
+        let stall = PathBuf::from(std::env::var_os("EBB_TEST_JOURNAL_STALL")?);
+        let mut held = stall.clone().into_os_string();
+        held.push(".held");
+        Some((stall, PathBuf::from(held)))
+    }) else {
+        return false;
+    };
+    let stalled = stall.exists();
+    if stalled != held.exists() {
+        let _ = match stalled {
+            true => std::fs::File::create(held).map(drop),
+            false => std::fs::remove_file(held),
+        };
+    }
+    stalled
 }
