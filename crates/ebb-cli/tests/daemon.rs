@@ -167,14 +167,10 @@ fn a_tree_that_tiers_nothing_raises_no_events_until_a_file_is_released() {
     let fresh = Env::new(300);
     let pid = fresh.start_daemon();
     kill(Pid::from_raw(pid), Signal::SIGKILL).expect("SIGKILL");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(|| !alive(pid), "the killed daemon to be gone");
     let (cold, _) = fresh.released_file("cold.bin", &data);
     let mut reader = Reader::cat(&fresh, &cold);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        reader.running(),
-        "the reader waits for a daemon instead of reading zeros"
-    );
+    reader.wait_until_held("a reader while no daemon runs");
     fresh.start_daemon();
     reader.finish(&data);
 }

@@ -294,8 +294,7 @@ fn kill_9_mid_read_the_reader_waits_and_gets_exact_bytes() {
         reader.running() && at_kill < data.len() as u64,
         "the read finished before the kill ({at_kill} bytes): nothing was tested"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(reader.running(), "the reader ended while no daemon ran");
+    reader.wait_until_held("while no daemon ran");
     let blocked_at = reader.progress();
     assert!(
         blocked_at < data.len() as u64,
@@ -386,11 +385,7 @@ fn a_crash_at_each_point_is_redriven_with_exact_bytes() {
             "{point}: the daemon did not crash; log:\n{}",
             fix.env.log()
         );
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(
-            reader.running(),
-            "{point}: the reader ended while no daemon ran"
-        );
+        reader.wait_until_held(&format!("{point}: while no daemon ran"));
         let before = fix.takeovers().len();
         let pid = fix.start();
         reader.finish(&data);
@@ -624,8 +619,7 @@ fn a_pending_event_of_a_deleted_file_does_not_stop_the_next_daemon() {
         "the daemon did not crash before answering; log:\n{}",
         fix.env.log()
     );
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(reader.running(), "the reader ended while no daemon ran");
+    reader.wait_until_held("while no daemon ran");
     let cat_pid = reader.cat_pid().expect("the cat under timeout");
     kill9(cat_pid);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -681,11 +675,7 @@ fn sigterm_pauses_readers_wait_and_unserve_ends_it() {
         // Opened and read while nothing serves: it must wait, not read
         // the holes.
         let mut reader = Reader::cat(&fix.env, &path);
-        std::thread::sleep(Duration::from_millis(500));
-        assert!(
-            reader.running(),
-            "{round}: a read of a stub after a clean stop did not wait"
-        );
+        reader.wait_until_held(&format!("{round}: a read of a stub after a clean stop"));
         let pid = fix.start();
         reader.finish(&data);
         assert_eq!(

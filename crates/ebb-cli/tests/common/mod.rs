@@ -863,6 +863,31 @@ impl Reader {
             .ok()
     }
 
+    /// Wait until its `cat` waits in the kernel for a fanotify group's
+    /// answer (its stack says so), 30 s at most: a reader shown waiting,
+    /// not one merely slower than a sleep.
+    pub fn wait_until_held(&mut self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                self.running(),
+                "{what}: the reader ended instead of waiting"
+            );
+            let held = self.cat_pid().is_some_and(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stack"))
+                    .is_ok_and(|stack| stack.contains("fanotify_handle_event"))
+            });
+            if held {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the reader never waited for an answer"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Wait for it (at most two minutes) and check it read exactly `want`.
     pub fn finish(mut self, want: &[u8]) {
         let deadline = Instant::now() + Duration::from_secs(130);
