@@ -468,7 +468,10 @@ fn a_name_that_changes_type_is_seen_by_git_through_the_hook() {
     std::fs::create_dir_all(&repo).unwrap();
     let git = |args: &[&str], fsmonitor: bool| -> String {
         let mut cmd = Command::new("git");
+        // Not the host's git config: only what the test sets.
         common::with_run_dir(&mut cmd)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
             .current_dir(&repo)
             .args(["-c", "user.name=t", "-c", "user.email=t@t"])
             .args(["-c", "core.fsmonitorHookVersion=2"]);
@@ -493,7 +496,13 @@ fn a_name_that_changes_type_is_seen_by_git_through_the_hook() {
         false,
     );
     let sh = |script: &str| {
-        common::sh(&format!("cd \"$1\" && {script}"), &[repo.as_os_str()]).ok();
+        common::sh(
+            &format!(
+                "export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1; cd \"$1\" && {script}"
+            ),
+            &[repo.as_os_str()],
+        )
+        .ok();
     };
     sh("echo a > n && git -c user.name=t -c user.email=t@t add n && git -c user.name=t -c user.email=t@t commit -qm n");
     let same = |step: &str| {
@@ -539,8 +548,11 @@ fn git_status_with_the_hook_always_equals_git_status_without_it() {
     // index's fsmonitor extension and every next status would scan.
     let git = |args: &[&str], fsmonitor: bool| -> String {
         let mut cmd = Command::new("git");
-        // The hook is an ebb process too.
+        // The hook is an ebb process too. Not the host's git config: only
+        // what the test sets.
         common::with_run_dir(&mut cmd)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
             .current_dir(&repo)
             .args(["-c", "user.name=t", "-c", "user.email=t@t"])
             .args(["-c", "core.fsmonitorHookVersion=2"]);
