@@ -336,35 +336,36 @@ pub fn redrive(
     let mut done = Redriven::default();
     for p in pending {
         let (start, count) = p.range.unwrap_or((0, u64::MAX));
-        let files = match &p.handle {
+        // A file whose handle is gone has nothing left to fill; an exec
+        // whose program cannot be found any more gets EIO, not what may be
+        // a stub's holes.
+        let (files, mut response) = match &p.handle {
             Some(h) => match open_by_handle(root.as_fd(), h, libc::O_RDONLY) {
-                Ok(fd) => vec![File::from(fd)],
+                Ok(fd) => (vec![File::from(fd)], Response::Allow),
                 Err(e) => {
                     tracing::warn!(
                         "event {} of pid {} names a file that no longer exists ({e}); answered: there is nothing to fill",
                         p.fd,
                         p.pid
                     );
-                    Vec::new()
+                    (Vec::new(), Response::Allow)
                 }
             },
             None => {
                 done.found_by_pid += 1;
                 match files_of_process(p.pid) {
-                    Some(files) => files,
+                    Some(files) => (files, Response::Allow),
                     None => {
                         tracing::warn!(
-                            "event {} of pid {}: the program it is exec'ing is no regular file at its path any more (swapped?); it gets EIO, never unfilled bytes",
+                            "event {} of pid {}: the program it is exec'ing is no regular file at its path any more (swapped?); it gets EIO",
                             p.fd,
                             p.pid
                         );
-                        denied_unfound(group, table, &mut done, p.fd);
-                        continue;
+                        (Vec::new(), Response::DenyErrno(libc::EIO))
                     }
                 }
             }
         };
-        let mut response = Response::Allow;
         for file in files {
             if let Err(e) = fill_if_stub(&root, catalog, store, group, &file, start, count) {
                 tracing::error!(
@@ -437,16 +438,6 @@ fn fill_if_stub(
         false,
         &NoProgress,
     )
-}
-
-/// Answer `fd`'s event with EIO: the file it is about cannot be found.
-fn denied_unfound(group: &Group, table: &mut InflightTable, done: &mut Redriven, fd: i32) {
-    if let Err(e) = group.respond(EventId(fd), Response::DenyErrno(libc::EIO)) {
-        tracing::debug!("answering redriven event {fd}: {e}");
-    }
-    table.answered(fd);
-    done.events += 1;
-    done.denied += 1;
 }
 
 /// The regular files process `pid` has open or mapped, and the program it
