@@ -846,6 +846,9 @@ impl Worker {
         let Some(path) = self.path_in(entry.handle, entry.name)? else {
             return Ok(None);
         };
+        if !is_dir && self.close_says_nothing(event.mask, &path) {
+            return Ok(None);
+        }
         let (created, deleted) = (
             event.mask & libc::FAN_CREATE != 0,
             event.mask & libc::FAN_DELETE != 0,
@@ -880,6 +883,25 @@ impl Worker {
             path,
             from: None,
         }))
+    }
+
+    /// Whether an event is only the close of a file that could have been
+    /// written and that needs no record: one gone from `path` since (what
+    /// became of it is an event of its own, queued after this one), or an
+    /// empty one (a write through a mapping lands only inside the file, so
+    /// whatever it wrote was cut off since, and the cut was heard). A close
+    /// with no write before it (`touch`, a file made empty) is the common
+    /// case; any other close is recorded as a write, as a write through a
+    /// shared mapping raises nothing else.
+    fn close_says_nothing(&self, mask: u64, path: &str) -> bool {
+        let only_close = mask
+            & (libc::FAN_CLOSE_WRITE
+                | libc::FAN_MODIFY
+                | libc::FAN_CREATE
+                | libc::FAN_DELETE
+                | libc::FAN_ATTRIB)
+            == libc::FAN_CLOSE_WRITE;
+        only_close && Entry::at(self.root_fd.as_fd(), path).is_none_or(|e| e.size == 0)
     }
 
     /// The path of `name` in the directory `dir`; `None` if not journaled.
