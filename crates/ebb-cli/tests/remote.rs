@@ -843,10 +843,23 @@ fn tokens_the_journal_cannot_answer_get_rescan_then_live_events() {
     for i in 0..12_000 {
         std::fs::write(env.path(&format!("d/{i}")), b"").expect("write");
     }
-    // The prune follows the batch that crossed the mark; a second cookie
-    // is read after it.
-    token(&env.root);
-    token(&env.root);
+    // The prune follows the batch that crossed the mark: wait until the
+    // journal no longer keeps the old token's events.
+    let old_seq: u64 = old
+        .rsplit(':')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("a seq");
+    let db = env.root.join(".ebb/journal.db");
+    common::wait_for(
+        || {
+            token(&env.root);
+            ebb::journal::db::Journal::open_reader(&db)
+                .and_then(|j| j.first_seq())
+                .is_ok_and(|first| first > old_seq + 1)
+        },
+        "the journal to drop the old token's events",
+    );
     let w = Watching::start(
         &server.url,
         &env.root,
