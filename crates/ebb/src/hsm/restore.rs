@@ -240,7 +240,7 @@ pub fn fill_chunk(file: &File, offset: u64, data: &[u8], limit: u64) -> io::Resu
             break;
         }
         let hole_at = seek_hole(file.as_fd(), data_at)?.unwrap_or(end).min(end);
-        if !write_all(file, data_at, &data[range_in(offset, data_at, hole_at)])? {
+        if !write_inside(file, data_at, &data[range_in(offset, data_at, hole_at)])? {
             break;
         }
         pos = hole_at;
@@ -253,16 +253,16 @@ fn range_in(base: u64, start: u64, end: u64) -> std::ops::Range<usize> {
     (start - base) as usize..(end - base) as usize
 }
 
-/// [`write_all`], but all-zero `bytes` are not written (they stay a hole).
+/// [`write_inside`], but all-zero `bytes` are not written (they stay a hole).
 fn write_unless_zero(file: &File, offset: u64, bytes: &[u8]) -> io::Result<bool> {
     if bytes.iter().all(|&b| b == 0) {
         return Ok(true);
     }
-    write_all(file, offset, bytes)
+    write_inside(file, offset, bytes)
 }
 
 /// Write `bytes` at `offset`, short of the file's end; whether all of them
 /// fitted (`false`: the file ends first, it was cut).
-fn write_all(file: &File, offset: u64, bytes: &[u8]) -> io::Result<bool> {
+fn write_inside(file: &File, offset: u64, bytes: &[u8]) -> io::Result<bool> {
     Ok(write_within_size(file.as_fd(), offset, bytes)? == bytes.len())
 }
