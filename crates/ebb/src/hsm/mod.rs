@@ -64,12 +64,6 @@ impl std::ops::Deref for Checked {
     }
 }
 
-impl AsRef<Path> for Checked {
-    fn as_ref(&self) -> &Path {
-        &self.path
-    }
-}
-
 /// Check that `path` names a regular file inside `tree` (not ebb's own
 /// state, not a symlink) and return it resolved, with the file it names.
 pub fn managed_path(tree: &Tree, path: &Path) -> Result<Checked> {
