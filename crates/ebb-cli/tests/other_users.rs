@@ -64,6 +64,40 @@ fn walk(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
     out.into_iter()
 }
 
+/// `ebb ARGS` held 3 s after it checked the path it names, and `swap`
+/// run by nobody (`$1`: `shared`) meanwhile: how it ended, what it printed
+/// on stdout, and on stderr after the pause.
+fn with_a_swap_after_the_check(
+    args: &[&OsStr],
+    swap: &str,
+    shared: &Path,
+) -> (std::process::ExitStatus, String, String) {
+    let mut cmd = std::process::Command::new(EBB);
+    with_run_dir(&mut cmd)
+        .args(args)
+        .env("EBB_TEST_PAUSE", "path-checked:3000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("ebb");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("path-checked") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        assert!(n > 0, "ebb {args:?} ended before its check");
+    }
+    let swapped = as_nobody(&format!("{swap} && echo swapped"), &[shared.as_os_str()]);
+    assert!(swapped.out().contains("swapped"), "{swapped:?}");
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut said).expect("read");
+    let out = child.wait_with_output().expect("ebb");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        said,
+    )
+}
+
 /// A user who can write a directory inside the tree plants
 /// `shared/.ebb/config.json` naming a store of theirs: root's routine
 /// `ebb archive -r ROOT` still puts `shared/`'s files in the real tree's
@@ -210,28 +244,15 @@ fn a_symlink_swapped_in_after_the_check_is_not_followed() {
     );
     assert!(made.out().contains("made"), "{made:?}");
     let target = shared.join("d/f");
-    let mut archive = std::process::Command::new(EBB);
-    with_run_dir(&mut archive)
-        .args(["archive", "--json"])
-        .arg(&target)
-        .env("EBB_TEST_PAUSE", "path-checked:3000")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = archive.spawn().expect("ebb archive");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("path-checked") {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-        assert!(n > 0, "ebb archive ended before its check");
-    }
-    let swapped = as_nobody(
-        "mv \"$1/d\" \"$1/d.old\" && ln -s ../private \"$1/d\" && echo swapped",
-        &[shared.as_os_str()],
+    let (_, said, _) = with_a_swap_after_the_check(
+        &[
+            OsStr::new("archive"),
+            OsStr::new("--json"),
+            target.as_os_str(),
+        ],
+        "mv \"$1/d\" \"$1/d.old\" && ln -s ../private \"$1/d\"",
+        &shared,
     );
-    assert!(swapped.out().contains("swapped"), "{swapped:?}");
-    let out = child.wait_with_output().expect("ebb archive");
-    let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.contains("symlink or a mount on the way"),
         "the swapped path was followed: {said}"
@@ -263,31 +284,16 @@ fn a_snapshot_source_swapped_for_a_symlink_is_not_followed() {
     );
     assert!(made.out().contains("made"), "{made:?}");
     let clone = shared.join("clone");
-    let mut snapshot = std::process::Command::new(EBB);
-    with_run_dir(&mut snapshot)
-        .arg("snapshot")
-        .arg(shared.join("d/f"))
-        .arg(&clone)
-        .env("EBB_TEST_PAUSE", "path-checked:3000")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = snapshot.spawn().expect("ebb snapshot");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("path-checked") {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-        assert!(n > 0, "ebb snapshot ended before its check");
-    }
-    let swapped = as_nobody(
-        "mv \"$1/d\" \"$1/d.old\" && ln -s ../private \"$1/d\" && echo swapped",
-        &[shared.as_os_str()],
+    let (status, _, said) = with_a_swap_after_the_check(
+        &[
+            OsStr::new("snapshot"),
+            shared.join("d/f").as_os_str(),
+            clone.as_os_str(),
+        ],
+        "mv \"$1/d\" \"$1/d.old\" && ln -s ../private \"$1/d\"",
+        &shared,
     );
-    assert!(swapped.out().contains("swapped"), "{swapped:?}");
-    let mut said = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut said).expect("read");
-    let out = child.wait_with_output().expect("ebb snapshot");
-    assert!(!out.status.success(), "the snapshot was made: {said}");
+    assert!(!status.success(), "the snapshot was made: {said}");
     assert!(
         said.contains("symlink or a mount on the way"),
         "refused for another reason: {said}"
@@ -315,28 +321,15 @@ fn a_file_replaced_after_the_check_is_refused() {
     );
     assert!(made.out().contains("made"), "{made:?}");
     let target = shared.join("f");
-    let mut archive = std::process::Command::new(EBB);
-    with_run_dir(&mut archive)
-        .args(["archive", "--json"])
-        .arg(&target)
-        .env("EBB_TEST_PAUSE", "path-checked:3000")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = archive.spawn().expect("ebb archive");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("path-checked") {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-        assert!(n > 0, "ebb archive ended before its check");
-    }
-    let swapped = as_nobody(
-        "mv \"$1/g\" \"$1/f\" && echo swapped",
-        &[shared.as_os_str()],
+    let (_, said, _) = with_a_swap_after_the_check(
+        &[
+            OsStr::new("archive"),
+            OsStr::new("--json"),
+            target.as_os_str(),
+        ],
+        "mv \"$1/g\" \"$1/f\"",
+        &shared,
     );
-    assert!(swapped.out().contains("swapped"), "{swapped:?}");
-    let out = child.wait_with_output().expect("ebb archive");
-    let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.contains("another file now than when it was checked"),
         "the replacement was archived: {said}"
