@@ -454,6 +454,32 @@ fn a_queue_overflow_is_repaired_and_nothing_is_lost() {
     );
 }
 
+/// `git ARGS` in `repo`, which must succeed; its stdout. With `fsmonitor`
+/// as a user has it (the hook is an ebb process too, so the run directory
+/// is passed on); without: no fsmonitor, and no index write either
+/// (`--no-optional-locks`), or the comparison would drop the index's
+/// fsmonitor extension and every next status would scan. Never the host's
+/// git config: only what the test sets.
+fn git_in(repo: &Path, args: &[&str], fsmonitor: bool) -> String {
+    let mut cmd = Command::new("git");
+    common::with_run_dir(&mut cmd)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .current_dir(repo)
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(["-c", "core.fsmonitorHookVersion=2"]);
+    if !fsmonitor {
+        cmd.args(["--no-optional-locks", "-c", "core.fsmonitor="]);
+    }
+    let out = cmd.args(args).output().expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// One name changing type, every way (file, directory, symlink): `git
 /// status` with the hook says what it says without one, at every step and
 /// after `git reset --hard`. (A file replaced by a directory was answered
@@ -466,26 +492,7 @@ fn a_name_that_changes_type_is_seen_by_git_through_the_hook() {
     env.start_daemon();
     let repo = env.path("repo");
     std::fs::create_dir_all(&repo).unwrap();
-    let git = |args: &[&str], fsmonitor: bool| -> String {
-        let mut cmd = Command::new("git");
-        // Not the host's git config: only what the test sets.
-        common::with_run_dir(&mut cmd)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .current_dir(&repo)
-            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-            .args(["-c", "core.fsmonitorHookVersion=2"]);
-        if !fsmonitor {
-            cmd.args(["--no-optional-locks", "-c", "core.fsmonitor="]);
-        }
-        let out = cmd.args(args).output().expect("git");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let git = |args: &[&str], fsmonitor: bool| git_in(&repo, args, fsmonitor);
     git(&["init", "-q", "."], false);
     git(
         &[
@@ -543,30 +550,7 @@ fn git_status_with_the_hook_always_equals_git_status_without_it() {
     let mut pid = start_stallable(&env);
     let repo = env.path("work/repo");
     std::fs::create_dir_all(&repo).unwrap();
-    // With the hook as a user has it; without: no fsmonitor, and no index
-    // write either (--no-optional-locks), or the comparison would drop the
-    // index's fsmonitor extension and every next status would scan.
-    let git = |args: &[&str], fsmonitor: bool| -> String {
-        let mut cmd = Command::new("git");
-        // The hook is an ebb process too. Not the host's git config: only
-        // what the test sets.
-        common::with_run_dir(&mut cmd)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .current_dir(&repo)
-            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-            .args(["-c", "core.fsmonitorHookVersion=2"]);
-        if !fsmonitor {
-            cmd.args(["--no-optional-locks", "-c", "core.fsmonitor="]);
-        }
-        let out = cmd.args(args).output().expect("git");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let git = |args: &[&str], fsmonitor: bool| git_in(&repo, args, fsmonitor);
     git(&["init", "-q", "."], false);
     // The hook as git runs it, each answer kept (and its stderr): a hook
     // that always said "scan everything" would pass the comparison.
