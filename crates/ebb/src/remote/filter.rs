@@ -306,14 +306,21 @@ mod tests {
         assert_eq!(seen_from("pub", &outside), Seen::Nothing);
     }
 
-    #[test]
-    fn paths_outside_the_export_through_dotdot_or_symlinks_are_refused() {
+    /// A tree (canonical) with the export `pub` in it, holding `src/f` and
+    /// `link`, a symlink out to `/etc`; the temporary directory holds it.
+    fn exported_tree() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().canonicalize().unwrap();
         let export = tree.join("pub");
         std::fs::create_dir_all(export.join("src")).unwrap();
         std::fs::write(export.join("src/f"), b"").unwrap();
         std::os::unix::fs::symlink("/etc", export.join("link")).unwrap();
+        (dir, tree, export)
+    }
+
+    #[test]
+    fn paths_outside_the_export_through_dotdot_or_symlinks_are_refused() {
+        let (_dir, tree, export) = exported_tree();
         let ok = |p: &Path| check_path(&tree, &export, p.to_str().unwrap());
         let w = ok(&export.join("src")).unwrap();
         assert_eq!((w.prefix.as_str(), w.is_dir), ("pub/src", true));
@@ -360,12 +367,7 @@ mod tests {
         proptest! {
             #[test]
             fn untrusted_watched_paths_stay_inside_the_export(rel in requested(), raw in ".{0,60}") {
-                let dir = tempfile::tempdir().unwrap();
-                let tree = dir.path().canonicalize().unwrap();
-                let export = tree.join("pub");
-                std::fs::create_dir_all(export.join("src")).unwrap();
-                std::fs::write(export.join("src/f"), b"").unwrap();
-                std::os::unix::fs::symlink("/etc", export.join("link")).unwrap();
+                let (_dir, tree, export) = exported_tree();
                 for requested in [format!("{}{rel}", tree.display()), rel.clone(), raw.clone()] {
                     if let Ok(w) = check_path(&tree, &export, &requested) {
                         prop_assert!(w.path.starts_with(&export), "{requested:?} gave {}", w.path.display());
