@@ -765,15 +765,8 @@ fn a_fifo_swapped_in_for_an_exec_path_does_not_block_the_next_daemon() {
     assert_eq!(fix.env.release(&prog)["result"], "released");
     let crashing = fix.start_with(Some("after-read:1"), false);
     let exec = std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "timeout",
-            "60",
-        ])
+        .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
+        .args(["timeout", "60"])
         .arg(&prog)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -784,25 +777,11 @@ fn a_fifo_swapped_in_for_an_exec_path_does_not_block_the_next_daemon() {
         "the daemon did not crash; log:\n{}",
         fix.env.log()
     );
-    let swapped = std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "sh",
-            "-c",
-        ])
-        .arg("mv \"$1/prog\" \"$1/prog.old\" && mkfifo \"$1/prog\" && echo swapped")
-        .arg("sh")
-        .arg(&shared)
-        .output()
-        .expect("swap");
-    assert!(
-        String::from_utf8_lossy(&swapped.stdout).contains("swapped"),
-        "{swapped:?}"
+    let swapped = as_nobody(
+        "mv \"$1/prog\" \"$1/prog.old\" && mkfifo \"$1/prog\" && echo swapped",
+        &[shared.as_os_str()],
     );
+    assert!(swapped.out().contains("swapped"), "{swapped:?}");
     // Fails after COMMAND_TIMEOUT if the daemon blocks on the FIFO.
     fix.start();
     let out = exec.wait_with_output().expect("wait");

@@ -8,23 +8,8 @@ mod common;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
-
-/// The uid an ordinary user runs as (nobody).
-const NOBODY: &str = "65534";
-
-/// `script` run by `sh` as nobody, with `args` as `$1`...
-fn as_nobody(script: &str, args: &[&OsStr]) -> Run {
-    run_cmd(
-        Command::new("setpriv")
-            .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
-            .args(["sh", "-c", script, "sh"])
-            .args(args),
-        COMMAND_TIMEOUT,
-    )
-}
 
 /// Let nobody reach the test filesystem (it lives in a 0700 temp dir).
 fn open_the_way(env: &Env) {

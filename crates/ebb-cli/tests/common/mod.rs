@@ -314,6 +314,22 @@ pub fn sh(script: &str, args: &[&OsStr]) -> Run {
     run_cmd(&mut cmd, COMMAND_TIMEOUT)
 }
 
+/// The uid an ordinary user runs as (nobody).
+pub const NOBODY: &str = "65534";
+
+/// `script` run by `sh` as nobody (a real unprivileged uid, through
+/// `setpriv`), with `args` as `$1…`.
+#[allow(dead_code)] // not every test binary needs it
+pub fn as_nobody(script: &str, args: &[&OsStr]) -> Run {
+    run_cmd(
+        Command::new("setpriv")
+            .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
+            .args(["sh", "-c", script, "sh"])
+            .args(args),
+        COMMAND_TIMEOUT,
+    )
+}
+
 /// Run python code with `args` in `sys.argv[1:]`.
 pub fn python(code: &str, args: &[&OsStr]) -> Run {
     let mut cmd = Command::new("timeout");
