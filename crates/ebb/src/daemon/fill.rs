@@ -9,7 +9,8 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::{select, Receiver, Sender, TryRecvError};
@@ -29,7 +30,7 @@ pub struct FillJob {
     pub chunk: ChunkRef,
     /// An fd from the event, which raises no events of its own.
     pub file: Arc<File>,
-    pub turn: Arc<Mutex<WriteTurn>>,
+    pub turn: Arc<WriteTurn>,
     /// Makes the file's written chunks durable, several at a time.
     pub sync: Arc<GroupSync>,
     /// The file's handle, for the fill journal.
@@ -45,11 +46,44 @@ pub struct FillJob {
 /// when it sees the file cut: a fill that had already looked then either
 /// wrote before the cut (gone with it) or writes after the loop's turn,
 /// and so below the cut; a write the loop lets through afterwards, into
-/// the bytes the file has anew, is never written over.
+/// the bytes the file has anew, is never written over. The loop, the only
+/// one to change it, reads it without waiting for a fill.
 #[derive(Debug)]
 pub struct WriteTurn {
+    turn: Mutex<()>,
     /// No archived byte at or past this offset may be written back.
-    pub valid_len: u64,
+    valid_len: AtomicU64,
+}
+
+impl WriteTurn {
+    pub fn new(valid_len: u64) -> WriteTurn {
+        WriteTurn {
+            turn: Mutex::new(()),
+            valid_len: AtomicU64::new(valid_len),
+        }
+    }
+
+    /// Take the turn; with it, how much of the file may be written.
+    pub fn take(&self) -> Result<(MutexGuard<'_, ()>, u64)> {
+        let turn = self
+            .turn
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a fill worker panicked while writing this file"))?;
+        Ok((turn, self.valid_len.load(Ordering::Acquire)))
+    }
+
+    /// No archived byte at or past this offset may be written back.
+    pub fn valid_len(&self) -> u64 {
+        self.valid_len.load(Ordering::Acquire)
+    }
+
+    /// Lower the valid length to `to`, in the turn: a fill that took it
+    /// before wrote before this returns, one that takes it after stops at
+    /// `to`.
+    pub fn cut_to(&self, to: u64) {
+        let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+        self.valid_len.fetch_min(to, Ordering::AcqRel);
+    }
 }
 
 /// Group commit of one file's fills: a worker that wrote a chunk calls
@@ -169,13 +203,10 @@ impl<W: Fn()> Worker<W> {
         let data = self.store.get_chunk(&job.chunk.hash, job.chunk.len)?;
         // Writers of one file take turns, so each puts back the mtime it
         // found and not one another worker's write just changed.
-        let turn = job
-            .turn
-            .lock()
-            .map_err(|_| anyhow::anyhow!("a fill worker panicked while writing this file"))?;
+        let (turn, valid_len) = job.turn.take()?;
         let meta = job.file.metadata().context("fstat before filling")?;
         let mtime = StatSnap::of(&meta).mtime;
-        let limit = turn.valid_len.min(meta.len());
+        let limit = valid_len.min(meta.len());
         crate::hooks::pause_point(
             "fill-sized",
             format_args!("chunk at {} sized", job.chunk.offset),

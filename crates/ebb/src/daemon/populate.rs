@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, MutexGuard};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::Sender;
@@ -173,7 +173,7 @@ struct Stub {
     recorded_in: u64,
     /// The fill workers' turn to write this file, and how much of it they
     /// may write (see [`WriteTurn`]).
-    turn: Arc<Mutex<WriteTurn>>,
+    turn: Arc<WriteTurn>,
     /// Makes the workers' writes to it durable (see `GroupSync`).
     sync: Arc<super::fill::GroupSync>,
     /// A writable fd of the file that raises no events, while fills are in
@@ -189,20 +189,10 @@ struct Stub {
 }
 
 impl Stub {
-    /// No archived byte at or past this offset may be written back.
-    fn valid_len(&self) -> u64 {
-        self.turn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .valid_len
-    }
-
     /// The fill workers' turn, taken to stat the file between two fills
     /// (a fill moves the mtime until it puts it back).
-    fn between_fills(&self) -> Result<MutexGuard<'_, WriteTurn>> {
-        self.turn
-            .lock()
-            .map_err(|_| anyhow::anyhow!("a fill worker panicked while writing this file"))
+    fn between_fills(&self) -> Result<MutexGuard<'_, ()>> {
+        self.turn.take().map(|(turn, _)| turn)
     }
 
     /// The fd fills write through, opened on first need (see `file`).
@@ -826,18 +816,16 @@ impl Populator {
         let Some(entry) = self.stubs.get_mut(&id) else {
             return;
         };
-        let valid_len = {
+        let was = entry.turn.valid_len();
+        let valid_len = cut_to.map_or(was, |n| n.min(was));
+        if valid_len < was {
             // Lowered in the workers' turn: every fill that writes after
             // this returns (a write the cut let through may come next)
             // stops at the cut.
-            let mut turn = entry.turn.lock().unwrap_or_else(PoisonError::into_inner);
-            let was = turn.valid_len;
-            turn.valid_len = cut_to.map_or(was, |n| n.min(was));
-            if entry.modified && turn.valid_len == was {
-                return;
-            }
-            turn.valid_len
-        };
+            entry.turn.cut_to(valid_len);
+        } else if entry.modified {
+            return;
+        }
         entry.modified = true;
         self.stats.modified_seen += 1;
         tracing::info!("{} modified while not all resident", entry.path.display());
@@ -853,7 +841,11 @@ impl Populator {
     /// FAN_MODIFY here) must never have the cut-off bytes filled again.
     fn note_size(&mut self, id: FileId, file: &File) -> Result<()> {
         let size = file.metadata()?.len();
-        if self.stubs.get(&id).is_some_and(|s| size < s.valid_len()) {
+        if self
+            .stubs
+            .get(&id)
+            .is_some_and(|s| size < s.turn.valid_len())
+        {
             self.note_modified(id, Some(size));
         }
         Ok(())
@@ -914,7 +906,7 @@ impl Populator {
                 last_put_back: None,
                 written_since: false,
                 recorded_in: 0,
-                turn: Arc::new(Mutex::new(WriteTurn { valid_len })),
+                turn: Arc::new(WriteTurn::new(valid_len)),
                 sync: Arc::default(),
                 file: None,
                 fills_in_flight: 0,
